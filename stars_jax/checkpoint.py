@@ -1,0 +1,33 @@
+"""Orbax checkpoints of everything a run needs to resume (never the fixed teacher).
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run
+killed mid-save leaves the previous checkpoint intact; restoring picks the latest complete one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def make_manager(directory: str | Path, keep: int = 2) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, tree: Any) -> None:
+    """Saves ``tree`` as ``step`` and blocks until it is committed to disk."""
+    manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    manager.wait_until_finished()
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, Any] | None:
+    """Restores the newest checkpoint into the structure (and shardings) of ``target``."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))

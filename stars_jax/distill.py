@@ -1,0 +1,203 @@
+"""Student state, the jitted KD step, and the DFKD round: synthesis -> bank -> KD.
+
+Steps are pure functions ``(state, ...) -> (state, metrics)``; ``stars_jax.train`` drives
+them (rounds, evaluation, checkpoints) and jits them with their shardings. The teacher's
+variables are a read-only argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from stars_jax import losses
+from stars_jax.bank import Bank, bank_add, bank_sample, normalize, random_crop_flip
+from stars_jax.neurons import LIFParams
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    @property
+    def variables(self):
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def lif_params(cfg) -> LIFParams:
+    """``config.neuron`` -> LIFParams."""
+    if cfg.reset not in ("hard", "soft"):
+        raise ValueError(f"neuron.reset must be 'hard' or 'soft', got {cfg.reset!r}.")
+    return LIFParams(
+        tau=cfg.tau,
+        v_threshold=cfg.v_threshold,
+        v_reset=cfg.v_reset if cfg.reset == "hard" else None,
+        detach_reset=cfg.detach_reset,
+        surrogate=cfg.surrogate,
+        alpha=cfg.alpha,
+    )
+
+
+def compute_dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; valid: {sorted(DTYPES)}.")
+    return DTYPES[name]
+
+
+def make_optimizer(cfg, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
+    """``config.distill`` -> optimizer with linear warm-up and cosine decay to 0."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
+    )
+    if cfg.optimizer == "sgd":
+        opt = optax.sgd(schedule, momentum=0.9, nesterov=True)
+    elif cfg.optimizer == "adam":
+        opt = optax.adam(schedule)
+    else:
+        raise ValueError(f"distill.optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}.")
+    if cfg.weight_decay:
+        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
+    return opt
+
+
+def init_train_state(model, optimizer, key, image_shape) -> TrainState:
+    variables = model.init(key, jnp.zeros((2, *image_shape)))
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=optimizer.init(params),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class KDContext:
+    """Static pieces of the KD step (closed over, not traced)."""
+
+    teacher: Any
+    student: Any
+    optimizer: optax.GradientTransformation
+    mean: tuple
+    std: tuple
+    t_kd: float
+    per_time_step: bool
+    b_rca: float
+    rca_rep: str
+    crop_pad: int
+    flip: bool
+    dtype: Any = jnp.float32
+
+
+def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
+    """One student update on ``L_KD`` for a uint8 batch ``[B, H, W, C]``."""
+    images = random_crop_flip(key, images_u8, ctx.crop_pad, flip=ctx.flip)
+    x = normalize(images, ctx.mean, ctx.std)
+    t_logits, t_feats = ctx.teacher.apply(teacher_vars, x)
+    t_logits, t_feats = jax.lax.stop_gradient((t_logits, t_feats))
+
+    def loss_fn(params):
+        (s_logits_t, s_feats_t), new_vars = ctx.student.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            x.astype(ctx.dtype),
+            train=True,
+            mutable=["batch_stats"],
+        )
+        kd = losses.kd_loss(t_logits, s_logits_t, ctx.t_kd, ctx.per_time_step)
+        metrics = {"kd/kd": kd}
+        total = kd
+        if ctx.b_rca:
+            s_mean = jnp.mean(s_logits_t.astype(jnp.float32), axis=0)
+            rep_t, rep_s = t_logits, s_mean
+            if ctx.rca_rep == "features":
+                rep_t, rep_s = t_feats, jnp.mean(s_feats_t.astype(jnp.float32), axis=0)
+            metrics["kd/rca"] = losses.relational_discrepancy(rep_t, rep_s)
+            total = total + ctx.b_rca * metrics["kd/rca"]
+        metrics["kd/loss"] = total
+        agree = jnp.argmax(jnp.mean(s_logits_t, 0), -1) == jnp.argmax(t_logits, -1)
+        metrics["kd/agreement"] = jnp.mean(agree)
+        return total, (metrics, new_vars["batch_stats"])
+
+    (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = ctx.optimizer.update(grads, state.opt_state, state.params)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    metrics["kd/grad_norm"] = optax.tree.norm(grads)
+    return new_state, metrics
+
+
+def kd_bank_step(ctx: KDContext, batch_size: int, state, teacher_vars, bank: Bank, key):
+    """A KD step on a batch drawn (on device) from the memory bank."""
+    k_sample, k_aug = jax.random.split(key)
+    images, _ = bank_sample(bank, k_sample, batch_size)
+    return kd_step(ctx, state, teacher_vars, images, k_aug)
+
+
+class RoundSteps(NamedTuple):
+    """The jitted pieces of a round; state arguments are donated."""
+
+    syn_begin: Callable | None
+    syn_step: Callable | None
+    syn_end: Callable | None
+    bank_add: Callable
+    kd_step: Callable
+
+
+def make_round_steps(synthesizer, ctx: KDContext, batch_size: int) -> RoundSteps:
+    kd = jax.jit(functools.partial(kd_bank_step, ctx, batch_size), donate_argnums=0)
+    add = jax.jit(bank_add, donate_argnums=0)
+    if synthesizer is None:  # real_data mode
+        return RoundSteps(None, None, None, add, kd)
+    return RoundSteps(
+        syn_begin=jax.jit(synthesizer.begin),
+        syn_step=jax.jit(synthesizer.step, donate_argnums=0),
+        syn_end=jax.jit(synthesizer.end, donate_argnums=1),
+        bank_add=add,
+        kd_step=kd,
+    )
+
+
+def run_round(steps: RoundSteps, carry, teacher_vars, key, synth_steps: int, kd_steps: int):
+    """One DFKD round: ``synth_steps`` synthesis steps, the batch into the bank, then
+    ``kd_steps`` student updates from the bank. Everything stays on device.
+
+    Args:
+      carry: ``(student_state, synth_state, bank)``.
+
+    Returns:
+      ``(carry, images_u8 or None, metrics)``; synthesis metrics are those of the last
+      step, KD metrics are averaged over the round's steps.
+    """
+    state, synth_state, bank = carry
+    k_syn, k_kd = jax.random.split(key)
+    metrics, images = {}, None
+    if steps.syn_step is not None:
+        work = steps.syn_begin(synth_state, jax.random.fold_in(k_syn, 0))
+        for i in range(synth_steps):
+            work, metrics = steps.syn_step(
+                work, teacher_vars, state.variables, jax.random.fold_in(k_syn, i + 1)
+            )
+        synth_state, images, labels = steps.syn_end(synth_state, work)
+        bank = steps.bank_add(bank, images, labels)
+    kd_sum = None
+    for j in range(kd_steps):
+        state, m = steps.kd_step(state, teacher_vars, bank, jax.random.fold_in(k_kd, j))
+        kd_sum = m if kd_sum is None else jax.tree.map(jnp.add, kd_sum, m)
+    metrics = {**metrics, **jax.tree.map(lambda v: v / kd_steps, kd_sum or {})}
+    return (state, synth_state, bank), images, metrics

@@ -1,0 +1,26 @@
+"""The main job: ``python -m stars_jax.main --config configs/NAME.py --workdir DIR``.
+
+Any config key can be overridden as ``--config.section.key=value``; an unknown key is an error.
+Rerunning the same command resumes from the newest checkpoint in ``--workdir``.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from stars_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO.
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

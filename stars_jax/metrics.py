@@ -1,0 +1,74 @@
+"""Run outputs: console progress with ETA, JSON-lines metrics, image grids, summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class Writer:
+    """Appends metrics to ``metrics.jsonl`` and prints one console line per logged round.
+
+    Only the writing process (process 0) should own a Writer with ``enabled=True``.
+    """
+
+    def __init__(self, workdir: str | Path, total_rounds: int, enabled: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.total = total_rounds
+        self.enabled = enabled
+        self.t0 = time.time()
+        self.first_round: int | None = None
+
+    def write(self, round_: int, metrics: dict, console_keys=None) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        if self.first_round is None:
+            self.first_round, self.t0 = round_, now
+        record = {"round": round_, "time": round(now, 3)}
+        record.update({k: float(v) if np.ndim(v) == 0 else v for k, v in metrics.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        done = round_ + 1 - self.first_round
+        rate = (now - self.t0) / max(done - 1, 1) if done > 1 else math.nan
+        eta = "?" if math.isnan(rate) else _fmt_seconds(rate * (self.total - round_ - 1))
+        keys = console_keys or sorted(metrics)
+        shown = " ".join(f"{k}={_fmt(record[k])}" for k in keys if k in record)
+        speed = "" if math.isnan(rate) else f"{rate:.2f}s/round "
+        print(f"[{round_ + 1}/{self.total}] {speed}ETA {eta} | {shown}", flush=True)
+
+
+def save_image_grid(path: str | Path, images_u8: np.ndarray, ncol: int = 8) -> None:
+    """Writes ``[N, H, W, C]`` uint8 images as one PNG grid (C = 1 or 3)."""
+    from PIL import Image
+
+    images = np.asarray(images_u8)
+    n, h, w, c = images.shape
+    nrow = math.ceil(n / ncol)
+    grid = np.zeros((nrow * (h + 2), ncol * (w + 2), c), np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Writes JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,164 @@
+"""The teacher of a run: a converted model directory, or one trained here on real data.
+
+Training entry point (the embedded default does this itself when no teacher is given):
+  python -m stars_jax.teacher --config configs/default.py --out DIR
+A trained teacher is cached under ``config.teacher.cache_dir`` keyed by dataset, arch,
+epochs and seed, so reruns reuse it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from stars_jax import data as data_lib
+from stars_jax import losses
+from stars_jax.bank import normalize, random_crop_flip
+from stars_jax.distill import TrainState, init_train_state
+from stars_jax.evaluate import evaluate
+from stars_jax.model_dir import check_model_dir, load_model_dir, save_model_dir
+from stars_jax.models.teachers import make_teacher
+
+
+def normalization_for(data_cfg, train_images: np.ndarray | None):
+    """Known per-channel (mean, std) for the dataset, else measured on its training images."""
+    if data_cfg.name in data_lib.NORMALIZATION:
+        return data_lib.NORMALIZATION[data_cfg.name]
+    if train_images is None:
+        raise ValueError(f"No normalization known for dataset {data_cfg.name!r}.")
+    x = train_images.astype(np.float64) / 255.0
+    return tuple(x.mean(axis=(0, 1, 2))), tuple(x.std(axis=(0, 1, 2)))
+
+
+def _train_step(model, optimizer, mean, std, flip, state: TrainState, images, labels, key):
+    x = normalize(random_crop_flip(key, images, 2, flip=flip), mean, std)
+
+    def loss_fn(params):
+        (logits, _), new_vars = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return losses.cross_entropy(logits, labels), new_vars["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return TrainState(
+        state.step + 1, optax.apply_updates(state.params, updates), batch_stats, opt_state
+    ), loss
+
+
+def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_dir) -> Path:
+    """Trains ``config.teacher.arch`` on ``train`` with SGD and writes a model directory."""
+    tcfg = config.teacher
+    mean, std = normalization_for(config.data, train.images)
+    model = make_teacher(tcfg.arch, config.data.num_classes)
+    bs = tcfg.train_batch_size
+    steps_per_epoch = len(train.images) // bs
+    total = steps_per_epoch * tcfg.train_epochs
+    optimizer = optax.chain(
+        optax.add_decayed_weights(tcfg.train_weight_decay),
+        optax.sgd(optax.cosine_decay_schedule(tcfg.train_lr, total), momentum=0.9, nesterov=True),
+    )
+    key = jax.random.fold_in(jax.random.key(config.seed), 7)
+    state = init_train_state(model, optimizer, key, train.images.shape[1:])
+    flip = bool(config.distill.flip)
+    step = jax.jit(
+        lambda s, x, y, k: _train_step(model, optimizer, mean, std, flip, s, x, y, k),
+        donate_argnums=0,
+    )
+    rng = np.random.default_rng(config.seed)
+    t0 = time.time()
+    print(
+        f"Training teacher {tcfg.arch} on {config.data.name}: {tcfg.train_epochs} epochs "
+        f"of {steps_per_epoch} steps (batch {bs}).",
+        flush=True,
+    )
+    for epoch in range(tcfg.train_epochs):
+        order = rng.permutation(len(train.images))
+        loss_sum = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * bs : (i + 1) * bs]
+            k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
+            state, loss = step(state, train.images[idx], train.labels[idx], k)
+            if i % 50 == 0:
+                loss_sum = float(loss)
+        print(
+            f"  epoch {epoch + 1}/{tcfg.train_epochs}: loss {loss_sum:.3f}, "
+            f"{time.time() - t0:.0f}s",
+            flush=True,
+        )
+    path = save_model_dir(
+        out_dir,
+        kind="teacher",
+        arch=tcfg.arch,
+        num_classes=config.data.num_classes,
+        variables=jax.device_get(state.variables),
+        normalization=(mean, std),
+        input_shape=train.images.shape[1:],
+        extra={"trained_on": config.data.name, "epochs": tcfg.train_epochs, "seed": config.seed},
+    )
+    loaded = load_model_dir(path)
+    result = evaluate(loaded.predict, test.images, test.labels, config.data.eval_batch_size)
+    print(
+        f"Teacher top-1 on the real {config.data.name} {config.data.test_split} split: "
+        f"{result['top1']:.2f}% ({result['n']} images); saved to {path}",
+        flush=True,
+    )
+    return path
+
+
+def cached_teacher_dir(config) -> Path:
+    t = config.teacher
+    name = f"{config.data.name}_{t.arch}_e{t.train_epochs}_s{config.seed}"
+    return Path(t.cache_dir).expanduser() / name
+
+
+def resolve_teacher(config, load_train):
+    """Loads ``config.teacher.dir``, or trains (once, cached) a teacher on the real data.
+
+    Args:
+      load_train: zero-argument callable returning ``(train, test)`` Datasets, called only
+        when a teacher must be trained.
+    """
+    tdir = config.teacher.dir
+    if not tdir:
+        tdir = cached_teacher_dir(config)
+        if not (tdir / "model.json").exists():
+            train, test = load_train()
+            train_teacher(config, train, test, tdir)
+        else:
+            print(f"Using cached teacher {tdir}", flush=True)
+    loaded = load_model_dir(tdir)
+    check_model_dir(loaded.meta, arch=config.teacher.arch, num_classes=config.data.num_classes)
+    if loaded.meta["kind"] != "teacher":
+        raise ValueError(f"{tdir} holds a {loaded.meta['kind']}, not a teacher.")
+    return loaded
+
+
+def main(argv):
+    from absl import flags
+
+    out = flags.FLAGS.out
+    config = flags.FLAGS.config
+    kind = config.data.kind
+    if kind == "auto":
+        kind = data_lib.detect_kind(config.data.path)
+    train = data_lib.load_dataset(kind, config.data.path, config.data.train_split)
+    test = data_lib.load_dataset(kind, config.data.path, config.data.test_split)
+    train_teacher(config, train, test, out or cached_teacher_dir(config))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).")
+    flags.DEFINE_string("out", "", "Output model directory (default: the teacher cache).")
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,241 @@
+"""The main job: ``train_and_evaluate(config, workdir)``.
+
+Resume order: the newest complete checkpoint in ``workdir/checkpoints``, else scratch. The
+teacher is never checkpointed (it is fixed); it comes from ``config.teacher``.
+
+Workdir contents: ``config.json`` (resolved config, versions, devices), ``metrics.jsonl``,
+``checkpoints/``, ``images/round_XXXX.png`` (synthetic images at every evaluation),
+``student/`` (a model directory for ``stars_jax.evaluate``) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import stars_jax
+from stars_jax import checkpoint
+from stars_jax import data as data_lib
+from stars_jax import metrics as metrics_lib
+from stars_jax.bank import Bank, init_bank, normalize
+from stars_jax.distill import (
+    KDContext,
+    compute_dtype,
+    init_train_state,
+    lif_params,
+    make_optimizer,
+    make_round_steps,
+    run_round,
+)
+from stars_jax.evaluate import evaluate
+from stars_jax.model_dir import save_model_dir
+from stars_jax.models.students import firing_rates, make_student
+from stars_jax.synthesis import make_synthesizer
+from stars_jax.teacher import resolve_teacher
+
+CONSOLE_KEYS = (
+    "synth/loss", "synth/bn", "synth/tar", "synth/rca", "synth/teacher_acc",
+    "kd/loss", "kd/agreement", "eval/student_top1",
+)  # fmt: skip
+
+
+def load_split(data_cfg, split: str, limit: int | None = None) -> data_lib.Dataset:
+    """Loads one split, turning a missing dataset into an error that says what to do."""
+    try:
+        if not Path(data_cfg.path).exists() and data_cfg.kind != "tfds":
+            raise FileNotFoundError(f"Dataset path {data_cfg.path} does not exist.")
+        kind = data_lib.detect_kind(data_cfg.path) if data_cfg.kind == "auto" else data_cfg.kind
+        return data_lib.load_dataset(kind, data_cfg.path, split, limit=limit)
+    except FileNotFoundError as e:
+        hint = ""
+        if data_cfg.name == "fashion_mnist":
+            hint = (
+                " Fashion-MNIST: run `apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), "
+                "or put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in one directory "
+                "and pass --config.data.path=DIR."
+            )
+        raise FileNotFoundError(f"{e}{hint} (config.data.path={data_cfg.path!r})") from e
+
+
+def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Path) -> None:
+    bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+    if bad:
+        kept = f"round {last_ckpt + 1}" if last_ckpt is not None else "none yet"
+        raise FloatingPointError(
+            f"Non-finite {', '.join(bad)} in round {round_ + 1}; stopped without saving. "
+            f"Last good checkpoint: {kept} in {ckpt_dir}. Lower synth.lr / distill.lr or the "
+            "weight of the named term, then rerun the same command to resume."
+        )
+
+
+def make_student_eval(student, mean, std):
+    """Jitted ``(variables, x_u8) -> (logits [B, K], firing rates)`` for the student."""
+
+    @jax.jit
+    def fn(variables, images_u8):
+        (logits_t, _), state = student.apply(
+            variables, normalize(images_u8, mean, std), mutable=["firing_rates"]
+        )
+        return jnp.mean(logits_t.astype(jnp.float32), 0), firing_rates(state["firing_rates"])
+
+    return fn
+
+
+def _write_run_info(workdir: Path, config) -> None:
+    info = {
+        "config": config.to_dict(),
+        "stars_jax": stars_jax.__version__,
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+    }
+    metrics_lib.write_json(workdir / "config.json", info)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Runs data-free (or real-data) ANN-to-SNN distillation; returns the summary dict."""
+    t_start = time.time()
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_run_info(workdir, config)
+    dc, sc = config.distill, config.student
+    if dc.mode not in ("data_free", "real_data"):
+        raise ValueError(f"distill.mode must be 'data_free' or 'real_data', got {dc.mode!r}.")
+    limit = config.data.eval_limit or None
+    test = load_split(config.data, config.data.test_split, limit)
+    load_train = lambda: (load_split(config.data, config.data.train_split), test)
+    teacher = resolve_teacher(config, load_train)
+    mean = tuple(teacher.meta["normalization"]["mean"])
+    std = tuple(teacher.meta["normalization"]["std"])
+    image_shape = tuple(teacher.meta["input_shape"])
+    if tuple(test.images.shape[1:]) != image_shape:
+        raise ValueError(
+            f"Test images are {test.images.shape[1:]} but the teacher expects {image_shape}."
+        )
+    teacher_top1 = evaluate(teacher.predict, test.images, test.labels, config.data.eval_batch_size)
+    print(
+        f"Teacher {config.teacher.arch}: top-1 {teacher_top1['top1']:.2f}% on "
+        f"{teacher_top1['n']} real test images",
+        flush=True,
+    )
+
+    lif = lif_params(config.neuron)
+    dtype = compute_dtype(sc.dtype)
+    student = make_student(sc.arch, config.data.num_classes, sc.time_steps, lif, dtype)
+    total_steps = dc.rounds * dc.kd_steps
+    optimizer = make_optimizer(dc, total_steps, dc.warmup_rounds * dc.kd_steps)
+    ctx = KDContext(
+        teacher=teacher.model, student=student, optimizer=optimizer, mean=mean, std=std,
+        t_kd=dc.t_kd, per_time_step=dc.per_time_step, b_rca=dc.b_rca, rca_rep=dc.rca_rep,
+        crop_pad=dc.crop_pad, flip=dc.flip, dtype=dtype,
+    )  # fmt: skip
+    root = jax.random.key(config.seed)
+    k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
+    teacher_vars = jax.device_put(teacher.variables)
+    state = init_train_state(student, optimizer, k_student, image_shape)
+
+    if dc.mode == "data_free":
+        synthesizer = make_synthesizer(
+            config.synth, teacher.model, student, image_shape, config.data.num_classes, mean, std
+        )
+        synth_state = synthesizer.init(k_synth, teacher_vars)
+        bank = init_bank(dc.bank_size, image_shape)
+    else:  # KD on the real training set: the bank holds it, and nothing is synthesised.
+        train, _ = load_train()
+        synthesizer, synth_state = None, {}
+        n = jnp.asarray(len(train.images), jnp.int32)
+        bank = Bank(jnp.asarray(train.images), jnp.asarray(train.labels), n, jnp.zeros_like(n))
+    steps = make_round_steps(synthesizer, ctx, dc.batch_size)
+    carry = (state, synth_state, bank)
+    manager = checkpoint.make_manager(workdir / "checkpoints", config.ckpt.keep)
+    start, last_ckpt = 0, None
+    restored = checkpoint.restore_latest(manager, {"carry": carry})
+    if restored is not None:
+        last_ckpt, tree = restored
+        carry, start = tree["carry"], last_ckpt + 1
+        print(f"Resuming from the checkpoint after round {start} of {dc.rounds}.", flush=True)
+
+    print(
+        f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
+        f"{jax.device_count()} device(s), {jax.process_count()} process(es): "
+        f"{dc.rounds} rounds x {dc.kd_steps} KD steps.",
+        flush=True,
+    )
+    student_eval = make_student_eval(student, mean, std)
+    writer = metrics_lib.Writer(workdir, dc.rounds, enabled=is_main)
+    result = {}
+    for r in range(start, dc.rounds):
+        carry, images, m = run_round(steps, carry, teacher_vars, jax.random.fold_in(k_loop, r),
+                                     config.synth.steps, dc.kd_steps)  # fmt: skip
+        m = jax.device_get(m)
+        check_finite(m, r, last_ckpt, manager.directory)
+        last = r == dc.rounds - 1
+        if (r + 1) % dc.eval_every == 0 or last:
+            result = _evaluate_student(student_eval, carry[0].variables, test, config)
+            m.update({"eval/student_top1": result["top1"], "eval/rate_mean": result["rate_mean"]})
+            if is_main and images is not None:
+                metrics_lib.save_image_grid(
+                    workdir / "images" / f"round_{r + 1:04d}.png",
+                    np.asarray(images[: config.log.grid_images]),
+                )
+        if (r + 1) % config.log.every == 0 or last:
+            writer.write(r, m, CONSOLE_KEYS)
+        if (r + 1) % config.ckpt.every == 0 or last:
+            checkpoint.save(manager, r, {"carry": carry})
+            last_ckpt = r
+    if not result:  # Resumed after the last round: evaluate the restored student.
+        result = _evaluate_student(student_eval, carry[0].variables, test, config)
+    return _finish(config, workdir, carry[0], teacher_top1, result, lif, image_shape,
+                   (mean, std), time.time() - t_start, is_main)  # fmt: skip
+
+
+def _evaluate_student(student_eval, variables, test, config) -> dict:
+    predict = jax.tree_util.Partial(lambda v, x: student_eval(v, x)[0], variables)
+    result = evaluate(predict, test.images, test.labels, config.data.eval_batch_size)
+    _, rates = student_eval(variables, test.images[: config.data.eval_batch_size])
+    result["firing_rates"] = {k: float(v) for k, v in rates.items()}
+    result["rate_mean"] = float(np.mean(list(result["firing_rates"].values())))
+    return result
+
+
+def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm, secs, is_main):
+    summary = {
+        "dataset": config.data.name,
+        "teacher": {"arch": config.teacher.arch, "top1": teacher_top1["top1"]},
+        "student": {
+            "arch": config.student.arch,
+            "time_steps": config.student.time_steps,
+            "top1": result["top1"],
+            "n": result["n"],
+            "firing_rates": result["firing_rates"],
+            "rate_mean": result["rate_mean"],
+        },
+        "mode": config.distill.mode,
+        "method": config.synth.method,
+        "stars": bool(config.synth.l_rca or config.synth.l_tar or config.distill.b_rca),
+        "seed": config.seed,
+        "rounds": config.distill.rounds,
+        "kd_steps": config.distill.rounds * config.distill.kd_steps,
+        "wall_seconds": round(secs, 1),
+        "devices": jax.device_count(),
+    }
+    if is_main:
+        save_model_dir(
+            workdir / "student", kind="student", arch=config.student.arch,
+            num_classes=config.data.num_classes, variables=jax.device_get(state.variables),
+            normalization=norm, input_shape=image_shape,
+            extra={"time_steps": config.student.time_steps, "lif": dataclasses.asdict(lif)},
+        )  # fmt: skip
+        metrics_lib.write_json(workdir / "summary.json", summary)
+        print(f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1['top1']:.2f}%) on "
+              f"{result['n']} real test images; {secs:.0f}s. Summary: {workdir / 'summary.json'}",
+              flush=True)  # fmt: skip
+    return summary

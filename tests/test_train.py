@@ -1,0 +1,127 @@
+"""The main job end to end on a tiny fake dataset: outputs, resume after SIGKILL, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stars_jax import train
+from stars_jax.config import load_config_file
+from stars_jax.model_dir import load_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """An image folder with 4 easy classes (colour-coded 16x16 images) and a cached teacher."""
+    root = tmp_path_factory.mktemp("tinydata")
+    rng = np.random.default_rng(0)
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    for split, n in (("train", 24), ("test", 8)):
+        for c, colour in enumerate(colours):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(np.array(colour) + rng.normal(0, 30, (16, 16, 3)), 0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
+def _config(data, cache, **over):
+    c = load_config_file(TINY, str(data))
+    c.teacher.cache_dir = str(cache)
+    for key, value in over.items():
+        section, name = key.split(".")
+        setattr(c[section], name, value)
+    return c
+
+
+def _cli(data, cache, workdir, *extra):
+    return [
+        sys.executable, "-m", "stars_jax.main", f"--config={TINY}:{data}", f"--workdir={workdir}",
+        f"--config.teacher.cache_dir={cache}", *extra,
+    ]  # fmt: skip
+
+
+def _last_metrics(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    return {k: v for k, v in last.items() if k != "time"}
+
+
+def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
+    cache = tmp_path / "cache"
+    # 1. Uninterrupted reference run (in process). It also trains and caches the teacher.
+    ref_dir = tmp_path / "ref"
+    summary = train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 6}), ref_dir)
+    for name in ("config.json", "metrics.jsonl", "summary.json", "student/model.json"):
+        assert (ref_dir / name).exists(), name
+    assert sorted(p.name for p in (ref_dir / "images").iterdir()) == [
+        "round_0002.png", "round_0004.png", "round_0006.png"
+    ]  # fmt: skip
+    assert 0.0 <= summary["student"]["top1"] <= 100.0 and summary["student"]["firing_rates"]
+    assert summary["teacher"]["top1"] > 50.0  # the cached teacher learned the colours
+    student = load_model_dir(ref_dir / "student")
+    assert student.meta["kind"] == "student" and student.meta["time_steps"] == 2
+
+    # 2. The same run, killed with SIGKILL after its first checkpoint, then rerun.
+    run_dir = tmp_path / "killed"
+    cmd = _cli(tiny_data, cache, run_dir, "--config.distill.rounds=6")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "1").exists() and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resuming" in out.stdout
+    ref, resumed = _last_metrics(ref_dir), _last_metrics(run_dir)
+    assert ref.keys() == resumed.keys()
+    for k in ref:
+        np.testing.assert_allclose(resumed[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+    # 3. NaN in a loss stops with the round and term named; the last checkpoint stays.
+    bad = _config(tiny_data, cache, **{"distill.rounds": 8, "synth.a_adv": float("nan")})
+    with pytest.raises(FloatingPointError, match=r"synth/loss.*round 7.*round 6"):
+        train.train_and_evaluate(bad, ref_dir)
+    assert (ref_dir / "checkpoints" / "5").exists()
+
+
+def test_unknown_config_key_is_an_error(tiny_data, tmp_path):
+    out = subprocess.run(
+        _cli(tiny_data, tmp_path, tmp_path / "w", "--config.distill.no_such_key=1"),
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0 and "no_such_key" in out.stderr
+
+
+def test_bad_inputs_get_clear_errors(tiny_data, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        train.train_and_evaluate(_config(tmp_path / "missing", cache), tmp_path / "w1")
+    with pytest.raises(ValueError, match="Unknown student arch"):
+        train.train_and_evaluate(
+            _config(tiny_data, cache, **{"student.arch": "resnet50"}), tmp_path / "w2"
+        )
+    # A teacher directory of another arch than the config names.
+    summary_dir = tmp_path / "w3"
+    train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 1}), summary_dir)
+    teacher_dir = next(cache.iterdir())
+    wrong = _config(tiny_data, cache, **{"teacher.dir": str(teacher_dir), "teacher.arch": "vgg11"})
+    with pytest.raises(ValueError, match="vgg11"):
+        train.train_and_evaluate(wrong, tmp_path / "w4")
+    missing = _config(tiny_data, cache, **{"teacher.dir": str(tmp_path / "nope")})
+    with pytest.raises(FileNotFoundError, match="nope"):
+        train.train_and_evaluate(missing, tmp_path / "w5")
