@@ -20,6 +20,7 @@ import optax
 from stars_jax import losses
 from stars_jax.bank import Bank, bank_add, bank_sample, normalize, random_crop_flip
 from stars_jax.neurons import LIFParams
+from stars_jax.parallel import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -99,6 +100,7 @@ class KDContext:
     crop_pad: int
     flip: bool
     dtype: Any = jnp.float32
+    batch_sharding: Any = None  # NamedSharding of [B, ...] batches under a mesh, or None
 
 
 def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
@@ -146,7 +148,7 @@ def kd_bank_step(ctx: KDContext, batch_size: int, state, teacher_vars, bank: Ban
     """A KD step on a batch drawn (on device) from the memory bank."""
     k_sample, k_aug = jax.random.split(key)
     images, _ = bank_sample(bank, k_sample, batch_size)
-    return kd_step(ctx, state, teacher_vars, images, k_aug)
+    return kd_step(ctx, state, teacher_vars, constrain(images, ctx.batch_sharding), k_aug)
 
 
 class RoundSteps(NamedTuple):

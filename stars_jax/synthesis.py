@@ -27,6 +27,7 @@ from flax import traverse_util
 from stars_jax import losses
 from stars_jax.bank import to_uint8
 from stars_jax.models.layers import BN_INPUT
+from stars_jax.parallel import constrain
 
 
 class TeacherBN(NamedTuple):
@@ -168,7 +169,9 @@ def _random_labels(key, batch_size, num_classes):
     return jax.random.randint(key, (batch_size,), 0, num_classes)
 
 
-def make_deepinversion(cfg, teacher, student, image_shape, num_classes, mean, std) -> Synthesizer:
+def make_deepinversion(
+    cfg, teacher, student, image_shape, num_classes, mean, std, batch_sharding=None
+) -> Synthesizer:
     """Pixel optimisation from N(0, 1) noise in normalised space, clipped to valid pixels."""
     mean, std = jnp.asarray(mean), jnp.asarray(std)
     lo, hi = (0.0 - mean) / std, (1.0 - mean) / std
@@ -176,8 +179,9 @@ def make_deepinversion(cfg, teacher, student, image_shape, num_classes, mean, st
 
     def begin(state, key):
         k_x, k_y = jax.random.split(key)
-        x = jax.random.normal(k_x, (cfg.batch_size, *image_shape))
-        return {"x": x, "y": _random_labels(k_y, cfg.batch_size, num_classes), "opt": opt.init(x)}
+        x = constrain(jax.random.normal(k_x, (cfg.batch_size, *image_shape)), batch_sharding)
+        y = constrain(_random_labels(k_y, cfg.batch_size, num_classes), batch_sharding)
+        return {"x": x, "y": y, "opt": opt.init(x)}
 
     def step(work, teacher_vars, student_vars, key):
         def loss_fn(x):
@@ -199,7 +203,9 @@ def make_deepinversion(cfg, teacher, student, image_shape, num_classes, mean, st
     return Synthesizer(init=lambda key, teacher_vars: {}, begin=begin, step=step, end=end)
 
 
-def make_fast(cfg, teacher, student, image_shape, num_classes, mean, std) -> Synthesizer:
+def make_fast(
+    cfg, teacher, student, image_shape, num_classes, mean, std, batch_sharding=None
+) -> Synthesizer:
     """Fast DFKD: persistent generator + fresh latents; Reptile meta step when enabled."""
     gen = Generator(tuple(image_shape), cfg.generator_width)
     mean, std = jnp.asarray(mean), jnp.asarray(std)
@@ -236,14 +242,15 @@ def make_fast(cfg, teacher, student, image_shape, num_classes, mean, std) -> Syn
         params = state["params"]
         if cfg.reset_l0:
             params = {**params, "l1": gen.init(k_l0, z0)["params"]["l1"]}
-        trainable = {"g": params, "z": jax.random.normal(k_z, (cfg.batch_size, cfg.latent_dim))}
-        x01 = jnp.zeros((cfg.batch_size, *image_shape))
+        z = jax.random.normal(k_z, (cfg.batch_size, cfg.latent_dim))
+        trainable = {"g": params, "z": constrain(z, batch_sharding)}
+        x01 = constrain(jnp.zeros((cfg.batch_size, *image_shape)), batch_sharding)
         return {
             "trainable": trainable,
             "start": params,  # Reptile's anchor: the generator before the inner steps.
             "batch_stats": state["batch_stats"],
             "opt": inner.init(trainable),
-            "y": _random_labels(k_y, cfg.batch_size, num_classes),
+            "y": constrain(_random_labels(k_y, cfg.batch_size, num_classes), batch_sharding),
             "x01": x01,
             # Moments to blend with in every step (weight 0 until the EMA holds a batch),
             # and the latest batch moments, for the EMA update in `end`.
@@ -313,7 +320,11 @@ def _update_ema(ema, current, ready, mmt):
 SYNTHESIZERS = {"deepinversion": make_deepinversion, "fast": make_fast}
 
 
-def make_synthesizer(cfg, teacher, student, image_shape, num_classes, mean, std) -> Synthesizer:
+def make_synthesizer(
+    cfg, teacher, student, image_shape, num_classes, mean, std, batch_sharding=None
+) -> Synthesizer:
+    """The synthesizer named by ``cfg.method``; ``batch_sharding`` splits its batch."""
     if cfg.method not in SYNTHESIZERS:
         raise ValueError(f"Unknown synth.method {cfg.method!r}; valid: {sorted(SYNTHESIZERS)}.")
-    return SYNTHESIZERS[cfg.method](cfg, teacher, student, image_shape, num_classes, mean, std)
+    make = SYNTHESIZERS[cfg.method]
+    return make(cfg, teacher, student, image_shape, num_classes, mean, std, batch_sharding)

@@ -11,6 +11,7 @@ Workdir contents: ``config.json`` (resolved config, versions, devices), ``metric
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stars_jax
-from stars_jax import checkpoint
+from stars_jax import checkpoint, parallel
 from stars_jax import data as data_lib
 from stars_jax import metrics as metrics_lib
 from stars_jax.bank import Bank, init_bank, normalize
@@ -32,7 +33,6 @@ from stars_jax.distill import (
     make_round_steps,
     run_round,
 )
-from stars_jax.evaluate import evaluate
 from stars_jax.model_dir import save_model_dir
 from stars_jax.models.students import firing_rates, make_student
 from stars_jax.synthesis import make_synthesizer
@@ -74,15 +74,45 @@ def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Pa
         )
 
 
-def make_student_eval(student, mean, std):
-    """Jitted ``(variables, x_u8) -> (logits [B, K], firing rates)`` for the student."""
+def make_accuracy(logits_fn, mesh):
+    """``accuracy(variables, dataset, batch_size) -> top-1 %`` with batches split over the mesh.
 
-    @jax.jit
+    ``logits_fn(variables, images_u8 [B, H, W, C]) -> logits [B, K]``. The last batch is
+    padded to the compiled shape and masked; every process loads the same split and places
+    only its own devices' shards.
+    """
+
+    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    def batch_correct(variables, images, labels, valid):
+        hit = jnp.argmax(logits_fn(variables, images), -1) == labels
+        return jnp.sum(hit & valid)
+
+    def accuracy(variables, ds: data_lib.Dataset, batch_size: int) -> float:
+        n, correct = len(ds.images), 0
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, start + batch_size)
+            valid = idx < n
+            idx = np.where(valid, idx, 0)
+            batch = parallel.put(
+                (ds.images[idx], ds.labels[idx], valid), parallel.data_sharded(mesh)
+            )
+            correct += int(batch_correct(variables, *batch))
+        return 100.0 * correct / n
+
+    return accuracy
+
+
+def teacher_logits_fn(teacher, mean, std):
+    return lambda v, x: teacher.apply(v, normalize(x, mean, std))[0]
+
+
+def student_logits_fn(student, mean, std, with_rates=False):
     def fn(variables, images_u8):
         (logits_t, _), state = student.apply(
             variables, normalize(images_u8, mean, std), mutable=["firing_rates"]
         )
-        return jnp.mean(logits_t.astype(jnp.float32), 0), firing_rates(state["firing_rates"])
+        logits = jnp.mean(logits_t.astype(jnp.float32), 0)
+        return (logits, firing_rates(state["firing_rates"])) if with_rates else logits
 
     return fn
 
@@ -98,6 +128,12 @@ def _write_run_info(workdir: Path, config) -> None:
     metrics_lib.write_json(workdir / "config.json", info)
 
 
+def _place_bank(bank: Bank, mesh) -> Bank:
+    sharded, rep = parallel.data_sharded(mesh), parallel.replicated(mesh)
+    return Bank(*parallel.put((bank.images, bank.labels), sharded),
+                *parallel.put((bank.count, bank.cursor), rep))  # fmt: skip
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Runs data-free (or real-data) ANN-to-SNN distillation; returns the summary dict."""
     t_start = time.time()
@@ -109,8 +145,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     dc, sc = config.distill, config.student
     if dc.mode not in ("data_free", "real_data"):
         raise ValueError(f"distill.mode must be 'data_free' or 'real_data', got {dc.mode!r}.")
-    limit = config.data.eval_limit or None
-    test = load_split(config.data, config.data.test_split, limit)
+    mesh = parallel.make_mesh(config.mesh.data)
+    for name, size in (("synth.batch_size", config.synth.batch_size),
+                       ("distill.batch_size", dc.batch_size),
+                       ("distill.bank_size", dc.bank_size),
+                       ("data.eval_batch_size", config.data.eval_batch_size)):  # fmt: skip
+        parallel.check_batch(name, size, mesh)
+    rep, batch_sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
+
+    test = load_split(config.data, config.data.test_split, config.data.eval_limit or None)
     load_train = lambda: (load_split(config.data, config.data.train_split), test)
     teacher = resolve_teacher(config, load_train)
     mean = tuple(teacher.meta["normalization"]["mean"])
@@ -120,41 +163,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise ValueError(
             f"Test images are {test.images.shape[1:]} but the teacher expects {image_shape}."
         )
-    teacher_top1 = evaluate(teacher.predict, test.images, test.labels, config.data.eval_batch_size)
-    print(
-        f"Teacher {config.teacher.arch}: top-1 {teacher_top1['top1']:.2f}% on "
-        f"{teacher_top1['n']} real test images",
-        flush=True,
+    teacher_vars = parallel.put(teacher.variables, rep)
+    eval_bs = config.data.eval_batch_size
+    teacher_top1 = make_accuracy(teacher_logits_fn(teacher.model, mean, std), mesh)(
+        teacher_vars, test, eval_bs
     )
+    print(f"Teacher {config.teacher.arch}: top-1 {teacher_top1:.2f}% on {len(test.images)} "
+          "real test images", flush=True)  # fmt: skip
 
     lif = lif_params(config.neuron)
     dtype = compute_dtype(sc.dtype)
     student = make_student(sc.arch, config.data.num_classes, sc.time_steps, lif, dtype)
-    total_steps = dc.rounds * dc.kd_steps
-    optimizer = make_optimizer(dc, total_steps, dc.warmup_rounds * dc.kd_steps)
+    optimizer = make_optimizer(dc, dc.rounds * dc.kd_steps, dc.warmup_rounds * dc.kd_steps)
     ctx = KDContext(
         teacher=teacher.model, student=student, optimizer=optimizer, mean=mean, std=std,
         t_kd=dc.t_kd, per_time_step=dc.per_time_step, b_rca=dc.b_rca, rca_rep=dc.rca_rep,
-        crop_pad=dc.crop_pad, flip=dc.flip, dtype=dtype,
+        crop_pad=dc.crop_pad, flip=dc.flip, dtype=dtype, batch_sharding=batch_sh,
     )  # fmt: skip
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
-    teacher_vars = jax.device_put(teacher.variables)
-    state = init_train_state(student, optimizer, k_student, image_shape)
-
+    state = parallel.put(init_train_state(student, optimizer, k_student, image_shape), rep)
     if dc.mode == "data_free":
-        synthesizer = make_synthesizer(
-            config.synth, teacher.model, student, image_shape, config.data.num_classes, mean, std
-        )
-        synth_state = synthesizer.init(k_synth, teacher_vars)
+        synthesizer = make_synthesizer(config.synth, teacher.model, student, image_shape,
+                                       config.data.num_classes, mean, std, batch_sh)  # fmt: skip
+        synth_state = parallel.put(synthesizer.init(k_synth, teacher_vars), rep)
         bank = init_bank(dc.bank_size, image_shape)
     else:  # KD on the real training set: the bank holds it, and nothing is synthesised.
         train, _ = load_train()
         synthesizer, synth_state = None, {}
-        n = jnp.asarray(len(train.images), jnp.int32)
-        bank = Bank(jnp.asarray(train.images), jnp.asarray(train.labels), n, jnp.zeros_like(n))
+        keep = len(train.images) - len(train.images) % mesh.devices.size
+        n = np.asarray(keep, np.int32)
+        bank = Bank(train.images[:keep], train.labels[:keep], n, np.zeros_like(n))
+    carry = (state, synth_state, _place_bank(bank, mesh))
     steps = make_round_steps(synthesizer, ctx, dc.batch_size)
-    carry = (state, synth_state, bank)
+
     manager = checkpoint.make_manager(workdir / "checkpoints", config.ckpt.keep)
     start, last_ckpt = 0, None
     restored = checkpoint.restore_latest(manager, {"carry": carry})
@@ -162,54 +204,50 @@ def train_and_evaluate(config, workdir: str) -> dict:
         last_ckpt, tree = restored
         carry, start = tree["carry"], last_ckpt + 1
         print(f"Resuming from the checkpoint after round {start} of {dc.rounds}.", flush=True)
-
-    print(
-        f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
-        f"{jax.device_count()} device(s), {jax.process_count()} process(es): "
-        f"{dc.rounds} rounds x {dc.kd_steps} KD steps.",
-        flush=True,
-    )
-    student_eval = make_student_eval(student, mean, std)
+    print(f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
+          f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
+          f"{dc.rounds} rounds x {dc.kd_steps} KD steps.", flush=True)  # fmt: skip
+    accuracy = make_accuracy(student_logits_fn(student, mean, std), mesh)
+    rates_fn = jax.jit(student_logits_fn(student, mean, std, with_rates=True), out_shardings=rep)
     writer = metrics_lib.Writer(workdir, dc.rounds, enabled=is_main)
     result = {}
     for r in range(start, dc.rounds):
         carry, images, m = run_round(steps, carry, teacher_vars, jax.random.fold_in(k_loop, r),
                                      config.synth.steps, dc.kd_steps)  # fmt: skip
-        m = jax.device_get(m)
+        m = parallel.fetch(m)
         check_finite(m, r, last_ckpt, manager.directory)
         last = r == dc.rounds - 1
         if (r + 1) % dc.eval_every == 0 or last:
-            result = _evaluate_student(student_eval, carry[0].variables, test, config)
+            result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
             m.update({"eval/student_top1": result["top1"], "eval/rate_mean": result["rate_mean"]})
-            if is_main and images is not None:
-                metrics_lib.save_image_grid(
-                    workdir / "images" / f"round_{r + 1:04d}.png",
-                    np.asarray(images[: config.log.grid_images]),
-                )
+            if images is not None:
+                grid = parallel.fetch(images)[: config.log.grid_images]
+                if is_main:
+                    metrics_lib.save_image_grid(workdir / "images" / f"round_{r + 1:04d}.png", grid)
         if (r + 1) % config.log.every == 0 or last:
             writer.write(r, m, CONSOLE_KEYS)
         if (r + 1) % config.ckpt.every == 0 or last:
             checkpoint.save(manager, r, {"carry": carry})
             last_ckpt = r
     if not result:  # Resumed after the last round: evaluate the restored student.
-        result = _evaluate_student(student_eval, carry[0].variables, test, config)
+        result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
     return _finish(config, workdir, carry[0], teacher_top1, result, lif, image_shape,
                    (mean, std), time.time() - t_start, is_main)  # fmt: skip
 
 
-def _evaluate_student(student_eval, variables, test, config) -> dict:
-    predict = jax.tree_util.Partial(lambda v, x: student_eval(v, x)[0], variables)
-    result = evaluate(predict, test.images, test.labels, config.data.eval_batch_size)
-    _, rates = student_eval(variables, test.images[: config.data.eval_batch_size])
-    result["firing_rates"] = {k: float(v) for k, v in rates.items()}
-    result["rate_mean"] = float(np.mean(list(result["firing_rates"].values())))
-    return result
+def _evaluate_student(accuracy, rates_fn, variables, test, batch_size, mesh) -> dict:
+    top1 = accuracy(variables, test, batch_size)
+    first = parallel.put(test.images[:batch_size], parallel.data_sharded(mesh))
+    _, rates = rates_fn(variables, first)
+    rates = {k: float(v) for k, v in rates.items()}
+    return {"top1": top1, "n": len(test.images), "firing_rates": rates,
+            "rate_mean": float(np.mean(list(rates.values())))}  # fmt: skip
 
 
 def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm, secs, is_main):
     summary = {
         "dataset": config.data.name,
-        "teacher": {"arch": config.teacher.arch, "top1": teacher_top1["top1"]},
+        "teacher": {"arch": config.teacher.arch, "top1": teacher_top1},
         "student": {
             "arch": config.student.arch,
             "time_steps": config.student.time_steps,
@@ -230,12 +268,12 @@ def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm
     if is_main:
         save_model_dir(
             workdir / "student", kind="student", arch=config.student.arch,
-            num_classes=config.data.num_classes, variables=jax.device_get(state.variables),
+            num_classes=config.data.num_classes, variables=parallel.fetch(state.variables),
             normalization=norm, input_shape=image_shape,
             extra={"time_steps": config.student.time_steps, "lif": dataclasses.asdict(lif)},
         )  # fmt: skip
         metrics_lib.write_json(workdir / "summary.json", summary)
-        print(f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1['top1']:.2f}%) on "
+        print(f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1:.2f}%) on "
               f"{result['n']} real test images; {secs:.0f}s. Summary: {workdir / 'summary.json'}",
               flush=True)  # fmt: skip
     return summary

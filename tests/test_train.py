@@ -20,10 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.py"
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """An image folder with 4 easy classes (colour-coded 16x16 images) and a cached teacher."""
-    root = tmp_path_factory.mktemp("tinydata")
+def make_tiny_data(root):
+    """An image folder with 4 easy classes (colour-coded 16x16 images)."""
+    root = Path(root)
     rng = np.random.default_rng(0)
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
     for split, n in (("train", 24), ("test", 8)):
@@ -34,6 +33,11 @@ def tiny_data(tmp_path_factory):
                 img = np.clip(np.array(colour) + rng.normal(0, 30, (16, 16, 3)), 0, 255)
                 Image.fromarray(img.astype(np.uint8)).save(d / f"{i:04d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("tinydata"))
 
 
 def _config(data, cache, **over):

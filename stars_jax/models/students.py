@@ -193,6 +193,7 @@ STUDENTS = {
     "wrn16_2": functools.partial(SpikingWideResNet, depth=16, widen=2),
     # Tiny variants for tests and CPU demos.
     "resnet_tiny": functools.partial(SpikingResNet, stage_sizes=(1, 1), widths=(8, 16)),
+    "resnet_small": functools.partial(SpikingResNet, stage_sizes=(1, 1), widths=(16, 32)),
     "vgg_tiny": functools.partial(SpikingVGG, groups=((8,), (16,), (16,))),
     "wrn_tiny": functools.partial(SpikingWideResNet, depth=10, widen=1, base=8),
 }

@@ -163,6 +163,7 @@ TEACHERS = {
     "vgg11": functools.partial(VGG, groups=VGG11_GROUPS),
     # Tiny variants for tests and CPU demos; same code paths (shortcuts, pooling) at small width.
     "resnet_tiny": functools.partial(ResNet, stage_sizes=(1, 1), widths=(8, 16)),
+    "resnet_small": functools.partial(ResNet, stage_sizes=(1, 1), widths=(16, 32)),
     "wrn_tiny": functools.partial(WideResNet, depth=10, widen=1, base=8),
     "vgg_tiny": functools.partial(VGG, groups=_TINY_VGG_GROUPS),
 }

@@ -1,0 +1,100 @@
+"""Runs one synthesis step and one KD step (``steps``) or a tiny main job (``train``) on the
+devices this process sees, and writes what the parallel tests compare to an .npz / JSON file.
+
+Launched by tests/test_parallel.py in fresh processes, because the simulated CPU device count
+(``--xla_force_host_platform_device_count``) must be set before JAX starts:
+
+  python tests/parallel_check.py steps OUT.npz
+  python tests/parallel_check.py train OUT.json DATA CACHE WORKDIR ROUNDS [coord NPROC PID]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPE = (16, 16, 3)
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def run_steps(out: str) -> None:
+    from stars_jax import parallel
+    from stars_jax.config import base_config
+    from stars_jax.distill import KDContext, init_train_state, kd_step, make_optimizer
+    from stars_jax.models.students import make_student
+    from stars_jax.models.teachers import make_teacher
+    from stars_jax.synthesis import make_synthesizer
+
+    mesh = parallel.make_mesh()
+    rep, sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    cfg = base_config()
+    cfg.synth.batch_size, cfg.synth.generator_width, cfg.synth.latent_dim = 16, 8, 16
+    teacher, student = make_teacher("resnet_tiny", 4), make_student("resnet_tiny", 4, 2)
+    tv = teacher.init(jax.random.key(0), jnp.zeros((2, *SHAPE)))
+    tv = {"params": tv["params"], "batch_stats": jax.tree.map(lambda a: a + 0.2, tv["batch_stats"])}
+    opt = make_optimizer(cfg.distill, 10, 1)
+    state = init_train_state(student, opt, jax.random.key(1), SHAPE)
+    tv, state = parallel.put(jax.device_get((tv, state)), rep)
+    results = {}
+    for method in ("deepinversion", "fast"):
+        cfg.synth.method = method
+        syn = make_synthesizer(cfg.synth, teacher, student, SHAPE, 4, MEAN, STD, sh)
+        syn_state = parallel.put(jax.device_get(syn.init(jax.random.key(2), tv)), rep)
+        work = jax.jit(syn.begin)(syn_state, jax.random.key(3))
+        work, m = jax.jit(syn.step)(work, tv, state.variables, jax.random.key(4))
+        _, images, _ = jax.jit(syn.end)(syn_state, work)
+        for k, v in m.items():
+            results[f"{method}/{k}"] = np.asarray(v)
+        results[f"{method}/images"] = parallel.fetch(images)
+    # No augmentation, so the per-device counterfactual below sees the very same images.
+    ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 0, False,
+                    batch_sharding=sh)  # fmt: skip
+    batch = np.random.default_rng(0).integers(0, 256, (16, *SHAPE), dtype=np.uint8)
+    new_state, m = jax.jit(lambda s, b, k: kd_step(ctx, s, tv, b, k))(
+        state, parallel.put(batch, sh), jax.random.key(5)
+    )
+    for k, v in m.items():
+        results[k] = np.asarray(v)
+    # Counterfactual: BN statistics per device (8 chunks of 2), as pmap without sync would do.
+    local = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 0, False)
+    host_state, host_tv = jax.device_get((state, tv))
+    chunk_vars = [
+        kd_step(local, host_state, host_tv, c, jax.random.key(5))[0].batch_stats["bn1"]["var"]
+        for c in np.split(batch, 8)
+    ]
+    results["per_device_bn/bn1_var"] = np.mean(chunk_vars, axis=0)
+    flat = jax.tree_util.tree_flatten_with_path(parallel.fetch(new_state.variables))[0]
+    for path, leaf in flat:
+        results["state" + jax.tree_util.keystr(path)] = leaf
+    results["num_devices"] = np.asarray(jax.device_count())
+    np.savez(out, **results)
+
+
+def run_train(out, data, cache, workdir, rounds, *dist) -> None:
+    from stars_jax import parallel, train
+    from stars_jax.config import load_config_file
+
+    if dist:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        parallel.maybe_initialize_distributed(dist[0], int(dist[1]), int(dist[2]))
+    c = load_config_file(ROOT / "configs" / "tiny.py", data)
+    c.teacher.cache_dir = cache
+    c.distill.rounds = int(rounds)
+    c.synth.batch_size = c.distill.batch_size = 16
+    summary = train.train_and_evaluate(c, workdir)
+    last = json.loads((Path(workdir) / "metrics.jsonl").read_text().splitlines()[-1])
+    if jax.process_index() == 0:
+        Path(out).write_text(json.dumps({"summary": summary, "last": last}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "steps":
+        run_steps(sys.argv[2])
+    else:
+        run_train(*sys.argv[2:])
