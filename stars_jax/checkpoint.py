@@ -6,16 +6,20 @@ killed mid-save leaves the previous checkpoint intact; restoring picks the lates
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
-def make_manager(directory: str | Path, keep: int = 2) -> ocp.CheckpointManager:
+def make_manager(directory, keep: int = 2) -> ocp.CheckpointManager:
+    """A manager for ``directory`` (a local path or a gs:// bucket path)."""
+    directory = epath.Path(directory)
+    if not str(directory).startswith(("gs://", "s3://")):
+        directory = directory.absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, tree: Any) -> None:

@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.arch = "resnet_tiny"
     c.teacher.dir = ""  # A model dir from stars_jax.convert; "" = train one (and cache it).
     c.teacher.cache_dir = "~/.cache/stars_jax/teachers"
+    c.teacher.dtype = "float32"  # Compute dtype of the frozen teacher ("bfloat16" on GPU/TPU).
     c.teacher.train_epochs = 3
     c.teacher.train_batch_size = 128
     c.teacher.train_lr = 0.05  # SGD + nesterov momentum 0.9, cosine to 0.

@@ -1,17 +1,22 @@
 """The main job: ``python -m stars_jax.main --config configs/NAME.py --workdir DIR``.
 
 Any config key can be overridden as ``--config.section.key=value``; an unknown key is an error.
-Rerunning the same command resumes from the newest checkpoint in ``--workdir``.
+Rerunning the same command resumes from the newest checkpoint in ``--workdir`` (a local path
+or a gs:// bucket). Multi-process: ``--coordinator_address``, ``--num_processes`` and
+``--process_id`` (TPU pods and SLURM jobs are detected without them).
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from stars_jax import train
+from stars_jax import parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", -1, "This process's index (multi-process runs).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -19,6 +24,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO.
+    # TPU pods and SLURM jobs are detected; explicit flags cover other clusters.
+    parallel.maybe_initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

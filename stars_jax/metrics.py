@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
+from etils import epath
+
+# Workdirs may be local paths or cloud buckets (gs://...): epath handles both.
+Path = epath.Path
 
 
 def _fmt_seconds(s: float) -> str:
@@ -40,8 +43,7 @@ class Writer:
             self.first_round, self.t0 = round_, now
         record = {"round": round_, "time": round(now, 3)}
         record.update({k: float(v) if np.ndim(v) == 0 else v for k, v in metrics.items()})
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append(self.path, json.dumps(record) + "\n")
         done = round_ + 1 - self.first_round
         rate = (now - self.t0) / max(done - 1, 1) if done > 1 else math.nan
         eta = "?" if math.isnan(rate) else _fmt_seconds(rate * (self.total - round_ - 1))
@@ -49,6 +51,15 @@ class Writer:
         shown = " ".join(f"{k}={_fmt(record[k])}" for k in keys if k in record)
         speed = "" if math.isnan(rate) else f"{rate:.2f}s/round "
         print(f"[{round_ + 1}/{self.total}] {speed}ETA {eta} | {shown}", flush=True)
+
+
+def _append(path, text: str) -> None:
+    if str(path).startswith(("gs://", "s3://")):  # Object stores cannot append: rewrite.
+        text = (path.read_text() if path.exists() else "") + text
+        path.write_text(text)
+    else:
+        with path.open("a") as f:
+            f.write(text)
 
 
 def save_image_grid(path: str | Path, images_u8: np.ndarray, ncol: int = 8) -> None:
@@ -62,8 +73,10 @@ def save_image_grid(path: str | Path, images_u8: np.ndarray, ncol: int = 8) -> N
     for i, img in enumerate(images):
         r, q = divmod(i, ncol)
         grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        Image.fromarray(grid[..., 0] if c == 1 else grid).save(f, format="PNG")
 
 
 def write_json(path: str | Path, obj: dict) -> None:
@@ -71,4 +84,4 @@ def write_json(path: str | Path, obj: dict) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    tmp.rename(path)

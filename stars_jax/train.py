@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from stars_jax.distill import (
     make_round_steps,
     run_round,
 )
-from stars_jax.model_dir import save_model_dir
+from stars_jax.model_dir import build_model, save_model_dir
 from stars_jax.models.students import firing_rates, make_student
 from stars_jax.synthesis import make_synthesizer
 from stars_jax.teacher import resolve_teacher
@@ -137,7 +138,7 @@ def _place_bank(bank: Bank, mesh) -> Bank:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Runs data-free (or real-data) ANN-to-SNN distillation; returns the summary dict."""
     t_start = time.time()
-    workdir = Path(workdir)
+    workdir = metrics_lib.Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -164,8 +165,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"Test images are {test.images.shape[1:]} but the teacher expects {image_shape}."
         )
     teacher_vars = parallel.put(teacher.variables, rep)
+    teacher_model = build_model(teacher.meta, compute_dtype(config.teacher.dtype))
     eval_bs = config.data.eval_batch_size
-    teacher_top1 = make_accuracy(teacher_logits_fn(teacher.model, mean, std), mesh)(
+    teacher_top1 = make_accuracy(teacher_logits_fn(teacher_model, mean, std), mesh)(
         teacher_vars, test, eval_bs
     )
     print(f"Teacher {config.teacher.arch}: top-1 {teacher_top1:.2f}% on {len(test.images)} "
@@ -176,7 +178,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     student = make_student(sc.arch, config.data.num_classes, sc.time_steps, lif, dtype)
     optimizer = make_optimizer(dc, dc.rounds * dc.kd_steps, dc.warmup_rounds * dc.kd_steps)
     ctx = KDContext(
-        teacher=teacher.model, student=student, optimizer=optimizer, mean=mean, std=std,
+        teacher=teacher_model, student=student, optimizer=optimizer, mean=mean, std=std,
         t_kd=dc.t_kd, per_time_step=dc.per_time_step, b_rca=dc.b_rca, rca_rep=dc.rca_rep,
         crop_pad=dc.crop_pad, flip=dc.flip, dtype=dtype, batch_sharding=batch_sh,
     )  # fmt: skip
@@ -184,7 +186,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
     state = parallel.put(init_train_state(student, optimizer, k_student, image_shape), rep)
     if dc.mode == "data_free":
-        synthesizer = make_synthesizer(config.synth, teacher.model, student, image_shape,
+        synthesizer = make_synthesizer(config.synth, teacher_model, student, image_shape,
                                        config.data.num_classes, mean, std, batch_sh)  # fmt: skip
         synth_state = parallel.put(synthesizer.init(k_synth, teacher_vars), rep)
         bank = init_bank(dc.bank_size, image_shape)
@@ -244,6 +246,17 @@ def _evaluate_student(accuracy, rates_fn, variables, test, batch_size, mesh) -> 
             "rate_mean": float(np.mean(list(rates.values())))}  # fmt: skip
 
 
+def _save_student(path, **kwargs) -> None:
+    """A student model directory in the workdir; via a local copy for bucket workdirs."""
+    if not str(path).startswith(("gs://", "s3://")):
+        save_model_dir(path, **kwargs)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in save_model_dir(tmp, **kwargs).iterdir():
+            (path / f.name).parent.mkdir(parents=True, exist_ok=True)
+            (path / f.name).write_bytes(f.read_bytes())
+
+
 def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm, secs, is_main):
     summary = {
         "dataset": config.data.name,
@@ -266,7 +279,7 @@ def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm
         "devices": jax.device_count(),
     }
     if is_main:
-        save_model_dir(
+        _save_student(
             workdir / "student", kind="student", arch=config.student.arch,
             num_classes=config.data.num_classes, variables=parallel.fetch(state.variables),
             normalization=norm, input_shape=image_shape,

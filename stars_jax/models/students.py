@@ -37,8 +37,11 @@ class LIF(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x_seq = x.reshape((self.time_steps, -1) + x.shape[1:])
+        # The membrane runs in float32 even when convolutions run in bfloat16: an 8-bit
+        # mantissa would blur threshold crossings. Spikes (0/1) are exact in any dtype.
+        x_seq = x.reshape((self.time_steps, -1) + x.shape[1:]).astype(jnp.float32)
         spikes, _ = lif(x_seq, self.params)
+        spikes = spikes.astype(x.dtype)
         self.sow("firing_rates", RATE, jnp.mean(spikes.astype(jnp.float32)))
         return spikes.reshape(x.shape)
 
