@@ -1,5 +1,6 @@
-"""The base config: every key the trainer reads, set to the embedded default (Fashion-MNIST
-on a CPU). Config files under ``configs/`` start from ``base_config()`` and override a few keys.
+"""The base config: every key the trainer reads, with CPU-sized values for Fashion-MNIST and
+STARS.md's neuron defaults. Config files under ``configs/`` start from ``base_config()`` and
+override a few keys (``configs/default.py`` is the embedded default).
 
 Sections mirror the modules: data, teacher, student, neuron, synth, distill, mesh, ckpt, log.
 """
@@ -8,7 +9,7 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key the trainer reads, with the embedded default's values."""
+    """Every key the trainer reads, with its default value and unit."""
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -23,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 500
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.arch = "resnet_tiny"
+    c.teacher.arch = "resnet_small"
     c.teacher.dir = ""  # A model dir from stars_jax.convert; "" = train one (and cache it).
     c.teacher.cache_dir = "~/.cache/stars_jax/teachers"
     c.teacher.dtype = "float32"  # Compute dtype of the frozen teacher ("bfloat16" on GPU/TPU).
@@ -33,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.train_weight_decay = 5e-4
 
     c.student = ml_collections.ConfigDict()
-    c.student.arch = "resnet_tiny"
+    c.student.arch = "resnet_small"
     c.student.time_steps = 4  # T
     c.student.dtype = "float32"  # Compute dtype; parameters and BN statistics stay float32.
 
@@ -48,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.synth = ml_collections.ConfigDict()
     c.synth.method = "fast"  # "fast" (generator) or "deepinversion" (pixels).
-    c.synth.batch_size = 128  # Images synthesised per round.
+    c.synth.batch_size = 64  # Images synthesised per round.
     c.synth.steps = 5  # Optimisation steps per round (Fast's g_steps).
     c.synth.lr = 5e-3  # Generator (Fast) or pixel (DeepInversion) Adam learning rate.
     c.synth.lr_z = 0.015  # Latent learning rate (Fast).
@@ -56,11 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.synth.generator_width = 32  # Fast's ngf.
     c.synth.reptile = True  # Reptile meta update of the persistent generator.
     c.synth.meta_lr_scale = 1.0  # Meta Adam lr = lr * steps * scale (Fast's convention).
-    c.synth.reset_l0 = True  # Re-initialise the generator's first layer every round (Fast).
+    c.synth.reset_l0 = False  # Re-initialise the generator's first layer every round (Fast).
     c.synth.bn_ema = 0.9  # Blend batch statistics with their EMA over rounds (Fast's bn_mmt).
     c.synth.jitter = 2  # Random shift in pixels (and flip) before the teacher, DeepInversion.
     c.synth.a_bn = 10.0
-    c.synth.a_oh = 0.4
+    c.synth.a_oh = 1.0
     c.synth.a_adv = 1.1
     c.synth.a_tv = 0.0  # Pixel priors (DeepInversion).
     c.synth.a_l2 = 0.0
@@ -76,11 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.distill = ml_collections.ConfigDict()
     c.distill.mode = "data_free"  # or "real_data": KD on the real training set (upper bound).
-    c.distill.rounds = 40
-    c.distill.kd_steps = 25  # Student updates per round.
-    c.distill.batch_size = 128
+    c.distill.rounds = 45
+    c.distill.kd_steps = 20  # Student updates per round.
+    c.distill.batch_size = 64
     c.distill.optimizer = "adam"  # "sgd" (nesterov, momentum 0.9) or "adam".
-    c.distill.lr = 2e-3  # Peak; linear warm-up then cosine to 0.
+    c.distill.lr = 5e-3  # Peak; linear warm-up then cosine to 0.
     c.distill.warmup_rounds = 2
     c.distill.weight_decay = 0.0
     c.distill.t_kd = 4.0  # KD temperature.
@@ -90,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.bank_size = 10240  # Images kept in the device memory bank (ring buffer).
     c.distill.crop_pad = 2  # Random crop padding in pixels (and horizontal flip).
     c.distill.flip = False  # Horizontal flips; off for Fashion-MNIST-like data.
-    c.distill.eval_every = 10  # Rounds between evaluations on the real test set.
+    c.distill.eval_every = 15  # Rounds between evaluations on the real test set.
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # Devices on the data axis; -1 = all.

@@ -35,6 +35,14 @@ class Writer:
         self.t0 = time.time()
         self.first_round: int | None = None
 
+    def drop_after(self, round_: int) -> None:
+        """On resume: forget rounds a killed run logged after its last checkpoint."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [x for x in lines if x and json.loads(x)["round"] <= round_]
+        self.path.write_text("".join(x + "\n" for x in kept))
+
     def write(self, round_: int, metrics: dict, console_keys=None) -> None:
         if not self.enabled:
             return

@@ -212,6 +212,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     accuracy = make_accuracy(student_logits_fn(student, mean, std), mesh)
     rates_fn = jax.jit(student_logits_fn(student, mean, std, with_rates=True), out_shardings=rep)
     writer = metrics_lib.Writer(workdir, dc.rounds, enabled=is_main)
+    writer.drop_after(start - 1)
     result = {}
     for r in range(start, dc.rounds):
         carry, images, m = run_round(steps, carry, teacher_vars, jax.random.fold_in(k_loop, r),

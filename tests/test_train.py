@@ -14,6 +14,8 @@ from PIL import Image
 
 from stars_jax import train
 from stars_jax.config import load_config_file
+from stars_jax.data import load_dataset
+from stars_jax.evaluate import evaluate
 from stars_jax.model_dir import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,12 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     assert summary["teacher"]["top1"] > 50.0  # the cached teacher learned the colours
     student = load_model_dir(ref_dir / "student")
     assert student.meta["kind"] == "student" and student.meta["time_steps"] == 2
+    # The saved student, evaluated by the evaluate CLI's code path, scores what the run said.
+    test = load_dataset("image_folder", str(tiny_data), "test")
+    result = evaluate(student.predict, test.images, test.labels, batch_size=16)
+    assert result["top1"] == pytest.approx(summary["student"]["top1"])
+    rounds = [json.loads(x)["round"] for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == list(range(6))
 
     # 2. The same run, killed with SIGKILL after its first checkpoint, then rerun.
     run_dir = tmp_path / "killed"
@@ -91,6 +99,9 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Resuming" in out.stdout
+    # Rounds logged after the checkpoint by the killed run are dropped, not duplicated.
+    rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == list(range(6))
     ref, resumed = _last_metrics(ref_dir), _last_metrics(run_dir)
     assert ref.keys() == resumed.keys()
     for k in ref:
