@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from flax import serialization
-from torch_reference import make_torch_teacher, randomize_
 
 from stars_jax import convert
 from stars_jax.model_dir import load_model_dir
 from stars_jax.models.teachers import make_teacher
+from tests.torch_reference import make_torch_teacher, randomize_
 
 BATCH = 2
 
