@@ -92,4 +92,4 @@ def write_json(path: str | Path, obj: dict) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.rename(path)
+    tmp.replace(path)  # atomic, and overwrites (rename would refuse an existing file)
