@@ -499,3 +499,22 @@ def detect_kind(path: str) -> str:
         f"({_IMAGE_FOLDER_LAYOUT}), cifar_python ({_CIFAR_LAYOUT}), idx ({_IDX_LAYOUT}), "
         f"tiny_imagenet ({_TINY_LAYOUT})"
     )
+
+
+def load_split(data_cfg, split: str, limit: int | None = None) -> Dataset:
+    """Loads one split of a ``config.data`` section; a missing dataset says what to do."""
+    try:
+        if not Path(data_cfg.path).exists() and data_cfg.kind != "tfds":
+            raise FileNotFoundError(f"Dataset path {data_cfg.path} does not exist.")
+        kind = detect_kind(data_cfg.path) if data_cfg.kind == "auto" else data_cfg.kind
+        return load_dataset(kind, data_cfg.path, split, limit=limit)
+    except FileNotFoundError as e:
+        hint = ""
+        if data_cfg.name == "fashion_mnist":
+            hint = (
+                " Fashion-MNIST: run `apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), "
+                "or put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in one directory "
+                "and pass --config.data.path=DIR."
+            )
+        raise FileNotFoundError(f"{e}{hint} (config.data.path={data_cfg.path!r})") from e

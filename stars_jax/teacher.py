@@ -146,11 +146,8 @@ def main(argv):
 
     out = flags.FLAGS.out
     config = flags.FLAGS.config
-    kind = config.data.kind
-    if kind == "auto":
-        kind = data_lib.detect_kind(config.data.path)
-    train = data_lib.load_dataset(kind, config.data.path, config.data.train_split)
-    test = data_lib.load_dataset(kind, config.data.path, config.data.test_split)
+    train = data_lib.load_split(config.data, config.data.train_split)
+    test = data_lib.load_split(config.data, config.data.test_split)
     train_teacher(config, train, test, out or cached_teacher_dir(config))
 
 

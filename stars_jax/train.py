@@ -45,25 +45,6 @@ CONSOLE_KEYS = (
 )  # fmt: skip
 
 
-def load_split(data_cfg, split: str, limit: int | None = None) -> data_lib.Dataset:
-    """Loads one split, turning a missing dataset into an error that says what to do."""
-    try:
-        if not Path(data_cfg.path).exists() and data_cfg.kind != "tfds":
-            raise FileNotFoundError(f"Dataset path {data_cfg.path} does not exist.")
-        kind = data_lib.detect_kind(data_cfg.path) if data_cfg.kind == "auto" else data_cfg.kind
-        return data_lib.load_dataset(kind, data_cfg.path, split, limit=limit)
-    except FileNotFoundError as e:
-        hint = ""
-        if data_cfg.name == "fashion_mnist":
-            hint = (
-                " Fashion-MNIST: run `apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), "
-                "or put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-                "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in one directory "
-                "and pass --config.data.path=DIR."
-            )
-        raise FileNotFoundError(f"{e}{hint} (config.data.path={data_cfg.path!r})") from e
-
-
 def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Path) -> None:
     bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
     if bad:
@@ -154,8 +135,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         parallel.check_batch(name, size, mesh)
     rep, batch_sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
 
-    test = load_split(config.data, config.data.test_split, config.data.eval_limit or None)
-    load_train = lambda: (load_split(config.data, config.data.train_split), test)
+    test = data_lib.load_split(config.data, config.data.test_split, config.data.eval_limit or None)
+    load_train = lambda: (data_lib.load_split(config.data, config.data.train_split), test)
     teacher = resolve_teacher(config, load_train)
     mean = tuple(teacher.meta["normalization"]["mean"])
     std = tuple(teacher.meta["normalization"]["std"])
