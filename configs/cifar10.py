@@ -8,7 +8,8 @@ Command:
 Baseline (Fast, no STARS): add --config.synth.l_rca=0 --config.synth.l_tar=0 --config.distill.b_rca=0
 Hardware: one GPU (H100/H200 class) or more. Defaults are Fast DFKD's published CIFAR
 hyperparameters (Fast-2: 2 generator steps per round, 400 KD steps per round, 220 rounds,
-SGD lr 0.2, KD temperature 20); a full run is long, use --config.distill.rounds for a budget.
+SGD lr 0.2, KD temperature 20); a full run is long: --config.distill.time_budget_s=600 fits
+the rounds and the learning-rate schedule into 10 minutes of wall time (see README).
 Expected result: not measured yet on this configuration (see benchmarks/RESULTS.md).
 """
 

@@ -31,6 +31,9 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+    # Length of the learning-rate schedule in steps, as data rather than a compile-time
+    # constant so that a time-budgeted run can fit the cosine to the rounds it can afford.
+    total_steps: jax.Array
 
     @property
     def variables(self):
@@ -57,15 +60,13 @@ def compute_dtype(name: str):
     return DTYPES[name]
 
 
-def make_optimizer(cfg, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
-    """``config.distill`` -> optimizer with linear warm-up and cosine decay to 0."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
-    )
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """``config.distill`` -> the update direction of SGD (nesterov) or Adam, without the
+    learning rate: ``scheduled_update`` scales it by ``warmup_cosine`` at the current step."""
     if cfg.optimizer == "sgd":
-        opt = optax.sgd(schedule, momentum=0.9, nesterov=True)
+        opt = optax.trace(decay=0.9, nesterov=True)
     elif cfg.optimizer == "adam":
-        opt = optax.adam(schedule)
+        opt = optax.scale_by_adam()
     else:
         raise ValueError(f"distill.optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}.")
     if cfg.weight_decay:
@@ -73,7 +74,24 @@ def make_optimizer(cfg, total_steps: int, warmup_steps: int) -> optax.GradientTr
     return opt
 
 
-def init_train_state(model, optimizer, key, image_shape) -> TrainState:
+def warmup_cosine(step, peak: float, warmup_steps: int, total_steps):
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to 0 at
+    ``total_steps`` (optax's ``warmup_cosine_decay_schedule``, with a traced horizon)."""
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.float32(max(warmup_steps, 1))
+    decay = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - warm, 1.0)
+    frac = jnp.clip((step - warm) / decay, 0.0, 1.0)
+    return jnp.where(step < warm, peak * step / warm, peak * 0.5 * (1 + jnp.cos(jnp.pi * frac)))
+
+
+def scheduled_update(optimizer, grads, state: TrainState, lr):
+    """``(params, opt_state)`` after one step of ``optimizer``'s direction times ``-lr``."""
+    direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, direction)
+    return params, opt_state
+
+
+def init_train_state(model, optimizer, key, image_shape, total_steps: int = 0) -> TrainState:
     variables = model.init(key, jnp.zeros((2, *image_shape)))
     params = variables["params"]
     return TrainState(
@@ -81,6 +99,7 @@ def init_train_state(model, optimizer, key, image_shape) -> TrainState:
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=optimizer.init(params),
+        total_steps=jnp.asarray(total_steps, jnp.int32),
     )
 
 
@@ -90,7 +109,7 @@ class KDContext:
 
     teacher: Any
     student: Any
-    optimizer: optax.GradientTransformation
+    optimizer: optax.GradientTransformation  # The direction (make_optimizer), without the lr.
     mean: tuple
     std: tuple
     t_kd: float
@@ -101,6 +120,8 @@ class KDContext:
     flip: bool
     dtype: Any = jnp.float32
     batch_sharding: Any = None  # NamedSharding of [B, ...] batches under a mesh, or None
+    lr: float = dataclasses.field(kw_only=True)  # Peak learning rate of ``warmup_cosine``.
+    warmup_steps: int = dataclasses.field(kw_only=True)
 
 
 def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
@@ -133,14 +154,13 @@ def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
         return total, (metrics, new_vars["batch_stats"])
 
     (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = ctx.optimizer.update(grads, state.opt_state, state.params)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats,
-        opt_state=opt_state,
+    lr = warmup_cosine(state.step, ctx.lr, ctx.warmup_steps, state.total_steps)
+    params, opt_state = scheduled_update(ctx.optimizer, grads, state, lr)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     metrics["kd/grad_norm"] = optax.tree.norm(grads)
+    metrics["kd/lr"] = lr
     return new_state, metrics
 
 

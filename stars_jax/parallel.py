@@ -94,3 +94,13 @@ def fetch(tree):
         return np.asarray(x)
 
     return jax.tree.map(one, tree)
+
+
+def agree(value: float) -> float:
+    """Process 0's ``value`` on every process: host-side decisions that steer collectives
+    (stop now, how many rounds) must be the same everywhere or the processes deadlock."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.broadcast_one_to_all(np.float32(value)))

@@ -48,8 +48,9 @@ def _train_step(model, optimizer, mean, std, flip, state: TrainState, images, la
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return TrainState(
-        state.step + 1, optax.apply_updates(state.params, updates), batch_stats, opt_state
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     ), loss
 
 

@@ -1,7 +1,9 @@
 """The main job: ``train_and_evaluate(config, workdir)``.
 
 Resume order: the newest complete checkpoint in ``workdir/checkpoints``, else scratch. The
-teacher is never checkpointed (it is fixed); it comes from ``config.teacher``.
+teacher is never checkpointed (it is fixed); it comes from ``config.teacher``. Checkpoints
+also hold the budget clock (wall seconds so far, planned rounds): with
+``distill.time_budget_s`` the run plans its rounds and schedule to fit (``stars_jax.budget``).
 
 Workdir contents: ``config.json`` (resolved config, versions, devices), ``metrics.jsonl``,
 ``checkpoints/``, ``images/round_XXXX.png`` (synthetic images at every evaluation),
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stars_jax
-from stars_jax import checkpoint, parallel
+from stars_jax import budget, checkpoint, parallel
 from stars_jax import data as data_lib
 from stars_jax import metrics as metrics_lib
 from stars_jax.bank import Bank, init_bank, normalize
@@ -148,24 +150,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
     teacher_vars = parallel.put(teacher.variables, rep)
     teacher_model = build_model(teacher.meta, compute_dtype(config.teacher.dtype))
     eval_bs = config.data.eval_batch_size
+    t_eval = time.time()
     teacher_top1 = make_accuracy(teacher_logits_fn(teacher_model, mean, std), mesh)(
         teacher_vars, test, eval_bs
     )
+    teacher_eval_s = time.time() - t_eval
     print(f"Teacher {config.teacher.arch}: top-1 {teacher_top1:.2f}% on {len(test.images)} "
           "real test images", flush=True)  # fmt: skip
 
     lif = lif_params(config.neuron)
     dtype = compute_dtype(sc.dtype)
     student = make_student(sc.arch, config.data.num_classes, sc.time_steps, lif, dtype)
-    optimizer = make_optimizer(dc, dc.rounds * dc.kd_steps, dc.warmup_rounds * dc.kd_steps)
+    optimizer = make_optimizer(dc)
     ctx = KDContext(
         teacher=teacher_model, student=student, optimizer=optimizer, mean=mean, std=std,
         t_kd=dc.t_kd, per_time_step=dc.per_time_step, b_rca=dc.b_rca, rca_rep=dc.rca_rep,
         crop_pad=dc.crop_pad, flip=dc.flip, dtype=dtype, batch_sharding=batch_sh,
+        lr=dc.lr, warmup_steps=dc.warmup_rounds * dc.kd_steps,
     )  # fmt: skip
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
-    state = parallel.put(init_train_state(student, optimizer, k_student, image_shape), rep)
+    state = init_train_state(student, optimizer, k_student, image_shape, dc.rounds * dc.kd_steps)
+    state = parallel.put(state, rep)
     if dc.mode == "data_free":
         synthesizer = make_synthesizer(config.synth, teacher_model, student, image_shape,
                                        config.data.num_classes, mean, std, batch_sh)  # fmt: skip
@@ -179,30 +185,68 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bank = Bank(train.images[:keep], train.labels[:keep], n, np.zeros_like(n))
     carry = (state, synth_state, _place_bank(bank, mesh))
     steps = make_round_steps(synthesizer, ctx, dc.batch_size)
+    # The budget clock: wall seconds spent by earlier processes of this run, and the round
+    # count the run stops at (0: not decided yet, i.e. distill.rounds).
+    clock = parallel.put({"elapsed_s": np.float32(0), "rounds": np.int32(0)}, rep)
 
     manager = checkpoint.make_manager(workdir / "checkpoints", config.ckpt.keep)
     start, last_ckpt = 0, None
-    restored = checkpoint.restore_latest(manager, {"carry": carry})
+    restored = checkpoint.restore_latest(manager, {"carry": carry, "clock": clock})
     if restored is not None:
         last_ckpt, tree = restored
-        carry, start = tree["carry"], last_ckpt + 1
+        carry, clock, start = tree["carry"], tree["clock"], last_ckpt + 1
         print(f"Resuming from the checkpoint after round {start} of {dc.rounds}.", flush=True)
+    elapsed_before = float(parallel.fetch(clock["elapsed_s"]))
+    planned = int(parallel.fetch(clock["rounds"]))
+    stop_at = planned or dc.rounds
+    carry = _set_horizon(carry, stop_at * dc.kd_steps, rep)  # distill.rounds may have changed.
+    elapsed = lambda: parallel.agree(elapsed_before + time.time() - t_start)
+    budget_s = float(dc.time_budget_s)
+    if budget_s < 0:
+        raise ValueError(f"distill.time_budget_s must be >= 0 (0 = no budget), got {budget_s}.")
     print(f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
           f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
-          f"{dc.rounds} rounds x {dc.kd_steps} KD steps.", flush=True)  # fmt: skip
+          f"{stop_at} rounds x {dc.kd_steps} KD steps"
+          + (f", within {budget_s:.0f} s of wall time." if budget_s else "."),
+          flush=True)  # fmt: skip
     accuracy = make_accuracy(student_logits_fn(student, mean, std), mesh)
     rates_fn = jax.jit(student_logits_fn(student, mean, std, with_rates=True), out_shardings=rep)
-    writer = metrics_lib.Writer(workdir, dc.rounds, enabled=is_main)
+    writer = metrics_lib.Writer(workdir, stop_at, enabled=is_main)
     writer.drop_after(start - 1)
-    result = {}
-    for r in range(start, dc.rounds):
+    result, iter_secs = {}, []
+    eval_s = teacher_eval_s * sc.time_steps  # A guess until a student evaluation is timed.
+    r = start
+    while r < stop_at:
+        t_iter = time.time()
         carry, images, m = run_round(steps, carry, teacher_vars, jax.random.fold_in(k_loop, r),
                                      config.synth.steps, dc.kd_steps)  # fmt: skip
         m = parallel.fetch(m)
         check_finite(m, r, last_ckpt, manager.directory)
-        last = r == dc.rounds - 1
-        if (r + 1) % dc.eval_every == 0 or last:
+        evaluate = (r + 1) % dc.eval_every == 0
+        if budget_s and r + 1 < stop_at:
+            per_round = budget.round_seconds(iter_secs + [time.time() - t_iter])
+            per_round = parallel.agree(per_round)
+            if r + 1 - start >= budget.CALIBRATION_ROUNDS and (not planned or evaluate):
+                fit = budget.plan_rounds(budget_s, elapsed(), r + 1, per_round, eval_s, dc.rounds)
+                carry = _set_horizon(carry, fit * dc.kd_steps, rep)
+                writer.total = fit
+                if not planned or abs(fit - stop_at) > max(2, stop_at // 20):
+                    print(f"Time budget: {per_round:.2f} s per round, so {fit} rounds fit in "
+                          f"{budget_s:.0f} s; the learning-rate schedule now ends there.",
+                          flush=True)  # fmt: skip
+                    if fit < 2 * dc.warmup_rounds:
+                        print(f"  Warning: distill.warmup_rounds={dc.warmup_rounds} is over half "
+                              "of that; lower it for this budget.", flush=True)  # fmt: skip
+                planned = stop_at = fit
+            elif not budget.next_round_fits(budget_s, elapsed(), per_round, eval_s):
+                print(f"Time budget: stopping after round {r + 1} of {stop_at} to stay within "
+                      f"{budget_s:.0f} s.", flush=True)  # fmt: skip
+                planned = stop_at = r + 1
+        last = r == stop_at - 1
+        if evaluate or last:
+            t_eval = time.time()
             result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
+            eval_s = time.time() - t_eval
             m.update({"eval/student_top1": result["top1"], "eval/rate_mean": result["rate_mean"]})
             if images is not None:
                 grid = parallel.fetch(images)[: config.log.grid_images]
@@ -211,12 +255,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if (r + 1) % config.log.every == 0 or last:
             writer.write(r, m, CONSOLE_KEYS)
         if (r + 1) % config.ckpt.every == 0 or last:
-            checkpoint.save(manager, r, {"carry": carry})
+            clock = {"elapsed_s": np.float32(elapsed()), "rounds": np.int32(planned)}
+            checkpoint.save(manager, r, {"carry": carry, "clock": parallel.put(clock, rep)})
             last_ckpt = r
+        iter_secs.append(time.time() - t_iter)
+        r += 1
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
+    run = {"rounds": r, "time_budget_s": budget_s,
+           "wall_seconds": round(elapsed(), 1)}  # fmt: skip
     return _finish(config, workdir, carry[0], teacher_top1, result, lif, image_shape,
-                   (mean, std), time.time() - t_start, is_main)  # fmt: skip
+                   (mean, std), run, is_main)  # fmt: skip
+
+
+def _set_horizon(carry, total_steps: int, sharding):
+    state, *rest = carry
+    horizon = parallel.put(np.int32(total_steps), sharding)
+    return (state.replace(total_steps=horizon), *rest)
 
 
 def _evaluate_student(accuracy, rates_fn, variables, test, batch_size, mesh) -> dict:
@@ -239,7 +294,7 @@ def _save_student(path, **kwargs) -> None:
             (path / f.name).write_bytes(f.read_bytes())
 
 
-def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm, secs, is_main):
+def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm, run, is_main):
     summary = {
         "dataset": config.data.name,
         "teacher": {"arch": config.teacher.arch, "top1": teacher_top1},
@@ -255,9 +310,10 @@ def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm
         "method": config.synth.method,
         "stars": bool(config.synth.l_rca or config.synth.l_tar or config.distill.b_rca),
         "seed": config.seed,
-        "rounds": config.distill.rounds,
-        "kd_steps": config.distill.rounds * config.distill.kd_steps,
-        "wall_seconds": round(secs, 1),
+        "rounds": run["rounds"],
+        "kd_steps": run["rounds"] * config.distill.kd_steps,
+        "time_budget_s": run["time_budget_s"],
+        "wall_seconds": run["wall_seconds"],
         "devices": jax.device_count(),
     }
     if is_main:
@@ -269,6 +325,6 @@ def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm
         )  # fmt: skip
         metrics_lib.write_json(workdir / "summary.json", summary)
         print(f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1:.2f}%) on "
-              f"{result['n']} real test images; {secs:.0f}s. Summary: {workdir / 'summary.json'}",
-              flush=True)  # fmt: skip
+              f"{result['n']} real test images; {run['wall_seconds']:.0f}s. "
+              f"Summary: {workdir / 'summary.json'}", flush=True)  # fmt: skip
     return summary

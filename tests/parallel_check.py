@@ -38,8 +38,8 @@ def run_steps(out: str) -> None:
     teacher, student = make_teacher("resnet_tiny", 4), make_student("resnet_tiny", 4, 2)
     tv = teacher.init(jax.random.key(0), jnp.zeros((2, *SHAPE)))
     tv = {"params": tv["params"], "batch_stats": jax.tree.map(lambda a: a + 0.2, tv["batch_stats"])}
-    opt = make_optimizer(cfg.distill, 10, 1)
-    state = init_train_state(student, opt, jax.random.key(1), SHAPE)
+    opt = make_optimizer(cfg.distill)
+    state = init_train_state(student, opt, jax.random.key(1), SHAPE, 10)
     tv, state = parallel.put(jax.device_get((tv, state)), rep)
     results = {}
     for method in ("deepinversion", "fast"):
@@ -54,7 +54,7 @@ def run_steps(out: str) -> None:
         results[f"{method}/images"] = parallel.fetch(images)
     # No augmentation, so the per-device counterfactual below sees the very same images.
     ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 0, False,
-                    batch_sharding=sh)  # fmt: skip
+                    batch_sharding=sh, lr=cfg.distill.lr, warmup_steps=1)  # fmt: skip
     batch = np.random.default_rng(0).integers(0, 256, (16, *SHAPE), dtype=np.uint8)
     new_state, m = jax.jit(lambda s, b, k: kd_step(ctx, s, tv, b, k))(
         state, parallel.put(batch, sh), jax.random.key(5)
@@ -62,7 +62,8 @@ def run_steps(out: str) -> None:
     for k, v in m.items():
         results[k] = np.asarray(v)
     # Counterfactual: BN statistics per device (8 chunks of 2), as pmap without sync would do.
-    local = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 0, False)
+    local = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 0, False,
+                      lr=cfg.distill.lr, warmup_steps=1)  # fmt: skip
     host_state, host_tv = jax.device_get((state, tv))
     chunk_vars = [
         kd_step(local, host_state, host_tv, c, jax.random.key(5))[0].batch_stats["bn1"]["var"]
@@ -89,6 +90,10 @@ def run_train(out, data, cache, workdir, rounds, *dist) -> None:
     c.synth.batch_size = c.distill.batch_size = 16
     summary = train.train_and_evaluate(c, workdir)
     last = json.loads((Path(workdir) / "metrics.jsonl").read_text().splitlines()[-1])
+    # Every process must see process 0's value (budget decisions steer collectives).
+    agreed = parallel.agree(10.0 + jax.process_index())
+    if agreed != 10.0:
+        raise SystemExit(f"parallel.agree gave {agreed} on process {jax.process_index()}")
     if jax.process_index() == 0:
         Path(out).write_text(json.dumps({"summary": summary, "last": last}))
 

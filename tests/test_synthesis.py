@@ -106,9 +106,10 @@ def test_synthesis_descends_and_freezes_the_networks(nets, method):
 def test_round_without_kd_leaves_student_bit_identical(nets):
     teacher, tv, student, _ = nets
     cfg = get_config()
-    opt = make_optimizer(cfg.distill, 10, 1)
-    st = init_train_state(student, opt, jax.random.key(5), SHAPE)
-    ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 2, True)
+    opt = make_optimizer(cfg.distill)
+    st = init_train_state(student, opt, jax.random.key(5), SHAPE, 10)
+    ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 2, True,
+                     lr=1e-3, warmup_steps=1)  # fmt: skip
     syn = make_synthesizer(_cfg(steps=2), teacher, student, SHAPE, 4, MEAN, STD)
     steps = make_round_steps(syn, ctx, batch_size=8)
     before = jax.tree.map(np.array, st)

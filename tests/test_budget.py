@@ -1,0 +1,97 @@
+"""The learning-rate schedule with a data horizon, and wall-time budgets of the main job."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from stars_jax import budget, train
+from stars_jax.distill import (
+    TrainState,
+    make_optimizer,
+    scheduled_update,
+    warmup_cosine,
+)
+from tests.test_train import _config, make_tiny_data
+
+
+@pytest.mark.parametrize("warmup,total", [(1, 10), (4, 30), (5, 5), (0, 7)])
+def test_warmup_cosine_matches_optax(warmup, total):
+    ref = optax.warmup_cosine_decay_schedule(0.0, 0.3, max(warmup, 1), max(total, warmup + 1))
+    steps = jnp.arange(total + 5)
+    got = jax.vmap(lambda s: warmup_cosine(s, 0.3, warmup, jnp.int32(total)))(steps)
+    np.testing.assert_allclose(got, jax.vmap(ref)(steps), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name,wd", [("adam", 0.0), ("sgd", 0.0), ("adam", 1e-3), ("sgd", 5e-4)])
+def test_scheduled_update_equals_optax_optimizer(name, wd):
+    """Direction x scheduled lr == optax's own optimizer with the schedule inside."""
+    cfg = ml_collections.ConfigDict({"optimizer": name, "weight_decay": wd})
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 2, 8)
+    ref_opt = {"adam": optax.adam(schedule),
+               "sgd": optax.sgd(schedule, momentum=0.9, nesterov=True)}[name]  # fmt: skip
+    if wd:
+        ref_opt = optax.chain(optax.add_decayed_weights(wd), ref_opt)
+    opt = make_optimizer(cfg)
+    params = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array(0.3)}
+    grad_fn = jax.grad(lambda p: jnp.sum((p["w"] - 0.2) ** 2 * jnp.arange(1, 4)) + p["b"] ** 4)
+    ref_params, ref_state = params, ref_opt.init(params)
+    state = TrainState(jnp.int32(0), params, {}, opt.init(params), jnp.int32(8))
+    for _ in range(6):
+        updates, ref_state = ref_opt.update(grad_fn(ref_params), ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, updates)
+        lr = warmup_cosine(state.step, 0.1, 2, state.total_steps)
+        new_params, opt_state = scheduled_update(opt, grad_fn(state.params), state, lr)
+        state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), state.params, ref_params)
+    assert not np.allclose(state.params["w"], params["w"])  # it did move
+
+
+def test_plan_rounds_closed_forms():
+    # 100 s, 10 spent, 6 reserved: 84 s left for 2-second rounds -> 42 more after the 3 done.
+    assert budget.plan_rounds(100, 10, 3, 2.0, 6, 1000) == 45
+    assert budget.plan_rounds(100, 10, 3, 2.0, 6, 20) == 20  # capped by distill.rounds
+    assert budget.plan_rounds(100, 99, 3, 2.0, 6, 1000) == 3  # nothing more fits
+    assert budget.plan_rounds(100, 10, 3, 2.0, 5, 1000) == 45  # floor(85 / 2) = 42
+    assert budget.next_round_fits(100, 90, 4.0, 6.0) and not budget.next_round_fits(100, 90.5, 4, 6)
+    assert budget.round_seconds([30.0, 2.0, 4.0]) == 3.0  # the compiling first round is left out
+    assert budget.round_seconds([30.0]) == 0.0  # unknown yet: one more round finds out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("budgetdata"))
+
+
+def test_time_budget_stops_the_job_and_ends_the_schedule(tiny_data, tmp_path):
+    """With room for 10,000 rounds but a budget of 20 s more than a one-round job takes, the
+    job plans, stops by itself near the budget, and its cosine schedule reaches ~0 at the last
+    round it runs; a rerun resumes into the finished run instead of training on."""
+    cache = tmp_path / "cache"
+    one = train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 1}),
+                                   str(tmp_path / "one"))  # fmt: skip
+    # Compilation, teacher training and evaluation set the floor; machines differ, so the
+    # budget is relative to this machine's one-round job.
+    budget_s = one["wall_seconds"] + 20.0
+    c = _config(tiny_data, cache, **{"distill.rounds": 10_000,
+                "distill.time_budget_s": budget_s, "distill.eval_every": 25,
+                "ckpt.every": 25})  # fmt: skip
+    summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+    rounds = summary["rounds"]
+    assert budget.CALIBRATION_ROUNDS < rounds < 10_000, summary
+    assert summary["kd_steps"] == rounds * c.distill.kd_steps
+    # Aimed at the budget: not far over it, and not stopped long before it.
+    assert budget_s - 15 < summary["wall_seconds"] < budget_s + 10, (budget_s, summary)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    lrs = [r["kd/lr"] for r in records]
+    assert max(lrs) == pytest.approx(c.distill.lr, rel=0.05)  # warm-up reached the peak
+    assert lrs[-1] < 0.05 * c.distill.lr  # and the cosine ran out with the time
+    assert records[-1]["round"] == rounds - 1 and "eval/student_top1" in records[-1]
+    again = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert again["rounds"] == rounds and again["student"]["top1"] == summary["student"]["top1"]
+    assert len(metrics.read_text().splitlines()) == rounds
