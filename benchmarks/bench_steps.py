@@ -7,6 +7,10 @@
 Reference setting (the default): resnet34 teacher, spiking resnet18 student, T=4, batch 256,
 32x32x3. Both implementations run in the same invocation on the same device; each time is the
 median of ``--steps`` device-synchronised steps after ``--warmup``; compile time is separate.
+Each PyTorch mode runs in a child process with a time limit (``--torch_timeout``), so a
+``torch.compile`` that does not finish is reported as such instead of stalling the run. FLOPs
+are XLA's count for the stars_jax step (the same work on both sides); memory is per step
+(XLA's buffer assignment; PyTorch's allocator peak during the step).
 
   python benchmarks/bench_steps.py                       # reference setting, on the GPU
   python benchmarks/bench_steps.py --tiny --steps 3      # seconds on a CPU (what CI runs)
@@ -18,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stars_jax.config import base_config  # noqa: E402
-from stars_jax.distill import KDContext, init_train_state, kd_step  # noqa: E402
+from stars_jax.distill import KDContext, init_train_state, kd_step, make_optimizer  # noqa: E402
 from stars_jax.models.students import SpikingResNet  # noqa: E402
 from stars_jax.models.teachers import ResNet  # noqa: E402
 from stars_jax.synthesis import make_synthesizer  # noqa: E402
@@ -60,9 +67,14 @@ def _timed(step, carry, args, steps, warmup, sync):
     return statistics.median(times)
 
 
-def _peak_memory():
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+def _step_bytes(compiled):
+    """Device memory one step needs (arguments + outputs + temporaries - donated aliases),
+    from XLA's buffer assignment: per step, unlike the process-wide allocator peak."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)  # fmt: skip
 
 
 def _flops(compiled):
@@ -71,7 +83,9 @@ def _flops(compiled):
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def bench_jax(s, dtype_name: str, steps: int, warmup: int) -> list[dict]:
+def jax_cases(s, dtype_name: str):
+    """``[(step name, fn(carry, *args) -> carry, carry, args)]`` for the two hot steps, at
+    setting ``s`` in ``dtype_name`` compute (also what ``inspect_steps.py`` lowers)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
     shape = (s["size"], s["size"], 3)
     teacher = ResNet(stage_sizes=s["t_stages"], widths=s["widths"], dtype=dtype)
@@ -83,33 +97,69 @@ def bench_jax(s, dtype_name: str, steps: int, warmup: int) -> list[dict]:
     syn_cfg.method, syn_cfg.batch_size, syn_cfg.jitter = "deepinversion", s["batch"], 0
     syn_cfg.a_bn, syn_cfg.a_oh, syn_cfg.a_adv, syn_cfg.l_rca, syn_cfg.l_tar = 1, 1, 0.5, 0, 0
     syn_cfg.lr = 0.1
-    import optax
-
-    opt = optax.sgd(0.1, momentum=0.9, nesterov=True)
-    st = init_train_state(student, opt, jax.random.key(1), shape)
+    cfg.distill.optimizer = "sgd"  # nesterov, momentum 0.9, lr 0.1: what the PyTorch side runs
+    opt = make_optimizer(cfg.distill)
+    st = init_train_state(student, opt, jax.random.key(1), shape, 1000)
     syn = make_synthesizer(syn_cfg, teacher, student, shape, 10, MEAN, STD)
     work = syn.begin({}, jax.random.key(2))
-    ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 0.0, "logits", 0, False, dtype)
+    ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 0.0, "logits", 0, False, dtype,
+                    lr=0.1, warmup_steps=0)  # fmt: skip
     images = jax.random.randint(jax.random.key(3), (s["batch"], *shape), 0, 256).astype(jnp.uint8)
     key = jax.random.key(4)
-    rows = []
-    cases = [
+    return [
         ("synthesis", lambda w, t, sv: syn.step(w, t, sv, key)[0], work, (tv, st.variables)),
         ("kd", lambda c, t, x: kd_step(ctx, c, t, x, key)[0], st, (tv, images)),
     ]
-    for name, fn, carry, args in cases:
+
+
+def bench_jax(s, dtype_name: str, steps: int, warmup: int, dump_hlo: str = "") -> list[dict]:
+    rows = []
+    for name, fn, carry, args in jax_cases(s, dtype_name):
         jitted = jax.jit(fn, donate_argnums=0)
         t0 = time.perf_counter()
         compiled = jitted.lower(carry, *args).compile()
         compile_s = time.perf_counter() - t0
+        if dump_hlo:  # XLA's optimised module: fusions, layouts, library calls
+            Path(dump_hlo).mkdir(parents=True, exist_ok=True)
+            Path(dump_hlo, f"{name}_{dtype_name}.hlo.txt").write_text(compiled.as_text())
         median = _timed(compiled, carry, args, steps, warmup, jax.block_until_ready)
         rows.append(dict(impl="stars_jax", mode=dtype_name, step=name, ms=1e3 * median,
                          compile_s=compile_s, flops=_flops(compiled),
-                         peak_bytes=_peak_memory()))  # fmt: skip
+                         step_bytes=_step_bytes(compiled)))  # fmt: skip
     return rows
 
 
-def bench_torch(s, mode: str, steps: int, warmup: int) -> list[dict]:
+def bench_torch(s, mode: str, steps: int, warmup: int, timeout_s: float, tiny: bool) -> list[dict]:
+    """Runs one PyTorch mode in a child process: its GPU memory, caches and compile threads
+    stay apart from JAX's, and a compile that never finishes costs ``timeout_s``, not the run."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--torch_child", mode,
+           "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
+    cmd += ["--tiny"] if tiny else []
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the child must not take the GPU for JAX
+    # A session of its own, so a timeout also ends torch.compile's worker processes.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # keep the steps that finished before the limit
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        timed_out = True
+    rows = [json.loads(x[4:]) for x in out.splitlines() if x.startswith("ROW ")]
+    if not timed_out and (proc.returncode or len(rows) < 2):
+        raise RuntimeError(f"torch {mode} failed:\n{out[-2000:]}\n{err[-4000:]}")
+    done = {r["step"] for r in rows}
+    for step in ("synthesis", "kd"):
+        if step not in done:
+            print(f"torch {mode} {step}: no result within {timeout_s:.0f} s", flush=True)
+            rows.append(dict(impl="torch", mode=mode, step=step, ms=float("nan"),
+                             compile_s=float("nan"), flops=float("nan"), step_bytes=None,
+                             note=f"no result within {timeout_s:.0f} s"))  # fmt: skip
+    return rows
+
+
+def torch_child(s, mode: str, steps: int, warmup: int) -> list[dict]:
     import torch
 
     from benchmarks.torch_steps import ResNet as TResNet
@@ -137,6 +187,8 @@ def bench_torch(s, mode: str, steps: int, warmup: int) -> list[dict]:
     ]
     for name, fn, set_mode in cases:
         set_mode()
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         with autocast:
             t0 = time.perf_counter()
             fn()
@@ -146,7 +198,8 @@ def bench_torch(s, mode: str, steps: int, warmup: int) -> list[dict]:
         peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
         rows.append(dict(impl=f"torch+{backend}", mode=mode, step=name, ms=1e3 * median,
                          compile_s=compile_s if mode == "bf16-compile" else 0.0,
-                         flops=float("nan"), peak_bytes=peak))  # fmt: skip
+                         flops=float("nan"), step_bytes=peak))  # fmt: skip
+        print("ROW " + json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -154,19 +207,28 @@ def report(rows: list[dict]) -> str:
     kind = jax.devices()[0].device_kind
     peak = next((v for k, v in PEAKS.items() if k in kind), None)
     jax_flops = {r["step"]: r["flops"] for r in rows if r["impl"] == "stars_jax"}
-    eager = {r["step"]: r["ms"] for r in rows if r["mode"] == "eager-fp32"}
+    torch_rows = [r for r in rows if r["impl"].startswith("torch") and r["ms"] == r["ms"]]
+    eager = {r["step"]: r["ms"] for r in torch_rows if r["mode"] == "eager-fp32"}
+    fastest = {}
+    for r in torch_rows:
+        fastest[r["step"]] = min(fastest.get(r["step"], float("inf")), r["ms"])
     lines = [f"device: {kind}",
-             "| impl | mode | step | ms | vs eager torch | compile s | TFLOP/s | % peak |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| impl | mode | step | ms | eager torch / this | fastest torch / this | "
+             "compile s | TFLOP/s | % peak | step GiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
-        flops = jax_flops.get(r["step"], float("nan"))
+        flops = jax_flops.get(r["step"], float("nan"))  # the same work on both sides
         tflops = flops / (r["ms"] / 1e3) / 1e12
         frac = "n/a"
         if peak and not np.isnan(tflops):
             frac = f"{100 * tflops * 1e12 / peak[0 if 'bf' in r['mode'] else 1]:.1f}"
-        ratio = eager.get(r["step"], float("nan")) / r["ms"]
-        lines.append(f"| {r['impl']} | {r['mode']} | {r['step']} | {r['ms']:.2f} | "
-                     f"{ratio:.2f}x | {r['compile_s']:.1f} | {tflops:.1f} | {frac} |")  # fmt: skip
+        gib = f"{r['step_bytes'] / 2**30:.2f}" if r.get("step_bytes") else "n/a"
+        lines.append(
+            f"| {r['impl']} | {r['mode']} | {r['step']} | {r['ms']:.2f} | "
+            f"{eager.get(r['step'], float('nan')) / r['ms']:.2f}x | "
+            f"{fastest.get(r['step'], float('nan')) / r['ms']:.2f}x | {r['compile_s']:.1f} | "
+            f"{tflops:.1f} | {frac} | {gib} |" + (f" {r['note']}" if r.get("note") else "")
+        )
     return "\n".join(lines)
 
 
@@ -179,13 +241,20 @@ def main(argv=None):
     p.add_argument("--torch_modes", default="eager-fp32,bf16-compile",
                    help="eager-fp32, bf16-eager, bf16-compile (comma list); '' skips")  # fmt: skip
     p.add_argument("--out", default="")
+    p.add_argument("--dump_hlo", default="", help="write each compiled stars_jax step here")
+    p.add_argument("--torch_timeout", type=float, default=300.0,
+                   help="seconds for each PyTorch mode, compilation included")  # fmt: skip
+    p.add_argument("--torch_child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     s = _setting(args.tiny)
+    if args.torch_child:  # one PyTorch mode, in the child process bench_torch started
+        torch_child(s, args.torch_child, args.steps, args.warmup)  # prints a ROW line per step
+        return []
     rows = []
     for mode in filter(None, args.torch_modes.split(",")):
-        rows += bench_torch(s, mode, args.steps, args.warmup)
+        rows += bench_torch(s, mode, args.steps, args.warmup, args.torch_timeout, args.tiny)
     for dt in filter(None, args.jax_dtypes.split(",")):
-        rows += bench_jax(s, dt, args.steps, args.warmup)
+        rows += bench_jax(s, dt, args.steps, args.warmup, args.dump_hlo)
     table = report(rows)
     print(f"setting: {s}\n{table}", flush=True)
     if args.out:

@@ -8,6 +8,8 @@ when installed; otherwise a plain PyTorch LIF with the same ATan surrogate (and 
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import math
 
 import torch
@@ -93,29 +95,41 @@ class PlainLIF(nn.Module):
 
 
 def make_neuron(T, prefer_spikingjelly=True):
-    """Returns ``(factory, backend_name)`` for the student's neurons."""
+    """Returns ``(factory, backend_name)`` for the student's neurons.
+
+    SpikingJelly 2.x picks its multi-step LIF kernel itself (native CUDA when built from
+    source, else Triton, else PyTorch; ``SJ_LIF_CUDA_IMPLEMENTATION`` overrides) and the name
+    says which it chose; 0.0.0.0.x takes ``backend="cupy"``.
+    """
     if prefer_spikingjelly:
         try:
             from spikingjelly.activation_based import neuron, surrogate
-
-            backend = "cupy" if torch.cuda.is_available() else "torch"
-
-            class SJ(nn.Module):  # folds [T*B] <-> [T, B] around SpikingJelly's multi-step node
-                def __init__(self):
-                    super().__init__()
-                    self.node = neuron.LIFNode(
-                        tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m",
-                        backend=backend, detach_reset=False,
-                    )  # fmt: skip
-
-                def forward(self, x):
-                    self.node.reset()
-                    y = self.node(x.view(T, -1, *x.shape[1:]))
-                    return y.flatten(0, 1)
-
-            return SJ, f"spikingjelly-{backend}"
         except ImportError:
-            pass
+            return (lambda: PlainLIF(T)), "plain-torch-lif"
+        version = importlib.metadata.version("spikingjelly")
+        kwargs, backend = {}, "torch"
+        if "backend" in inspect.signature(neuron.LIFNode.__init__).parameters:  # 0.0.0.0.x
+            backend = "cupy" if torch.cuda.is_available() else "torch"
+            kwargs["backend"] = backend
+        elif torch.cuda.is_available():
+            from spikingjelly.activation_based.functional import neuron_implementation
+
+            backend = neuron_implementation("lif", torch.device("cuda"))["implementation"]
+
+        class SJ(nn.Module):  # folds [T*B] <-> [T, B] around SpikingJelly's multi-step node
+            def __init__(self):
+                super().__init__()
+                self.node = neuron.LIFNode(
+                    tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m",
+                    detach_reset=False, **kwargs,
+                )  # fmt: skip
+
+            def forward(self, x):
+                self.node.reset()
+                y = self.node(x.view(T, -1, *x.shape[1:]))
+                return y.flatten(0, 1)
+
+        return SJ, f"spikingjelly{version}-{backend}"
     return (lambda: PlainLIF(T)), "plain-torch-lif"
 
 

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The GPU measurements of benchmarks/RESULTS.md, prepared to run on a lent, bare, offline
+# GPU machine (the project's `device` tool: 15 min of device time per session, 10 min per
+# command, 64 MiB carried). Every part writes its log and JSON under ${OUT:-gpu_out}.
+#
+# Here, once (needs ../shared and the package index):
+#   bash benchmarks/gpu_session.sh stage        # fills .gpu/ (git-ignored, ~55 MiB)
+# There, one command each (carry [".gpu"]):
+#   bash benchmarks/gpu_session.sh bench        # the step table, both sides (~6 min)
+#   bash benchmarks/gpu_session.sh budget stars 540     # CIFAR-10 budget run, STARS
+#   bash benchmarks/gpu_session.sh budget baseline 540  # the same without STARS
+#   bash benchmarks/gpu_session.sh dtype bfloat16 300   # fast path vs float32 accuracy:
+#   bash benchmarks/gpu_session.sh dtype float32 300    #   the same budget in each dtype
+# Extra --config.x=... flags after the seconds go to the job (a CPU smoke run of this script
+# shrinks the models and batches with them). A budget run's seconds count the whole job (teacher conversion excluded); a command may
+# run 600 s, so 540 leaves room for set-up. The issue's 10-minute run does not fit one
+# command: start it with `setsid nohup ... &` and collect $OUT/<name>/ in a later command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+G=.gpu
+PY=${PYTHON:-python3}
+
+setup() {  # wheels the device image lacks, the converted teacher, the test split
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site $G/whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+  mkdir -p "$OUT" /tmp/data
+  [ -d /tmp/data/cifar10-jpeg/test ] || tar -xzf $G/cifar10_test.tar.gz -C /tmp/data
+  [ -f /tmp/teachers/cifar10_resnet34/model.json ] ||
+    $PY -m stars_jax.convert --arch resnet34 --num_classes 10 \
+      --checkpoint $G/cifar10_resnet34_fp16.pth --out /tmp/teachers/cifar10_resnet34
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" || true
+}
+
+run_job() {  # name, budget seconds, extra config flags...
+  local name=$1 secs=$2
+  shift 2
+  $PY -m stars_jax.main --config configs/cifar10.py --workdir "/tmp/work/$name" \
+    --compilation_cache_dir=/tmp/xla --config.data.path=/tmp/data/cifar10-jpeg \
+    --config.data.kind=image_folder \
+    --config.teacher.dir=/tmp/teachers/cifar10_resnet34 \
+    --config.distill.time_budget_s="$secs" "$@" 2>&1 | tee "$OUT/$name.log"
+  cp "/tmp/work/$name/summary.json" "$OUT/$name.summary.json"
+  cp "/tmp/work/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl"
+}
+
+case "${1:-}" in
+  stage)
+    mkdir -p $G/whl
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux2014_x86_64 -d $G/whl \
+      ml_collections==1.1.0 spikingjelly==2.0.0 loguru==0.7.3
+    cp ../shared/teachers/cifar10_resnet34_fp16.pth $G/
+    tar -czf $G/cifar10_test.tar.gz -C ../shared/data cifar10-jpeg/test
+    du -sh $G
+    ;;
+  bench)
+    setup
+    $PY benchmarks/bench_steps.py --out "$OUT/bench.json" --dump_hlo /tmp/hlo \
+      --torch_timeout "${TORCH_TIMEOUT:-150}" 2>&1 | tee "$OUT/bench.log"
+    tar -czf "$OUT/hlo.tar.gz" -C /tmp hlo
+    ;;
+  budget)
+    setup
+    mode=${2:?stars or baseline}
+    secs=${3:-540}
+    shift $(($# < 3 ? $# : 3))
+    case "$mode" in
+      stars) run_job budget_stars "$secs" "$@" ;;
+      baseline) run_job budget_baseline "$secs" --config.synth.l_rca=0 \
+        --config.synth.l_tar=0 --config.distill.b_rca=0 "$@" ;;
+      *) echo "budget: stars or baseline" >&2; exit 2 ;;
+    esac
+    ;;
+  dtype)
+    setup
+    dt=${2:?float32 or bfloat16}
+    secs=${3:-300}
+    shift $(($# < 3 ? $# : 3))
+    run_job "dtype_$dt" "$secs" --config.student.dtype="$dt" --config.teacher.dtype="$dt" "$@"
+    ;;
+  *)
+    sed -n 2,17p "$0" >&2
+    exit 2
+    ;;
+esac
