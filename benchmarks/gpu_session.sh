@@ -4,16 +4,16 @@
 # command, 64 MiB carried). Every part writes its log and JSON under ${OUT:-gpu_out}.
 #
 # Here, once (needs ../shared and the package index):
-#   bash benchmarks/gpu_session.sh stage        # fills .gpu/ (git-ignored, ~55 MiB)
+#   bash benchmarks/gpu_session.sh stage        # fills .gpu/ (git-ignored, ~46 MiB)
 # There, one command each (carry [".gpu"]):
-#   bash benchmarks/gpu_session.sh bench        # the step table, both sides (~6 min)
+#   bash benchmarks/gpu_session.sh bench        # the step table, both sides (~6-8 min)
 #   bash benchmarks/gpu_session.sh budget stars 540     # CIFAR-10 budget run, STARS
 #   bash benchmarks/gpu_session.sh budget baseline 540  # the same without STARS
 #   bash benchmarks/gpu_session.sh dtype bfloat16 300   # fast path vs float32 accuracy:
 #   bash benchmarks/gpu_session.sh dtype float32 300    #   the same budget in each dtype
 # Extra --config.x=... flags after the seconds go to the job (a CPU smoke run of this script
-# shrinks the models and batches with them). A budget run's seconds count the whole job (teacher conversion excluded); a command may
-# run 600 s, so 540 leaves room for set-up. The issue's 10-minute run does not fit one
+# shrinks the models and batches with them). A budget run's seconds count the whole job
+# (teacher conversion excluded); a command may run 600 s, so 540 leaves room for set-up. The issue's 10-minute run does not fit one
 # command: start it with `setsid nohup ... &` and collect $OUT/<name>/ in a later command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,7 +81,7 @@ case "${1:-}" in
     run_job "dtype_$dt" "$secs" --config.student.dtype="$dt" --config.teacher.dtype="$dt" "$@"
     ;;
   *)
-    sed -n 2,17p "$0" >&2
+    sed -n "2,/^set -euo/p" "$0" | grep "^#" >&2
     exit 2
     ;;
 esac

@@ -214,7 +214,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer = metrics_lib.Writer(workdir, stop_at, enabled=is_main)
     writer.drop_after(start - 1)
     result, iter_secs = {}, []
-    eval_s = teacher_eval_s * sc.time_steps  # A guess until a student evaluation is timed.
+    # A guess until a student evaluation is timed; agreed, as every input of a budget decision.
+    eval_s = parallel.agree(teacher_eval_s * sc.time_steps)
     r = start
     while r < stop_at:
         t_iter = time.time()
@@ -246,7 +247,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if evaluate or last:
             t_eval = time.time()
             result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
-            eval_s = time.time() - t_eval
+            eval_s = parallel.agree(time.time() - t_eval)  # Budget decisions use it.
             m.update({"eval/student_top1": result["top1"], "eval/rate_mean": result["rate_mean"]})
             if images is not None:
                 grid = parallel.fetch(images)[: config.log.grid_images]

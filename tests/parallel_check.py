@@ -88,6 +88,9 @@ def run_train(out, data, cache, workdir, rounds, *dist) -> None:
     c.teacher.cache_dir = cache
     c.distill.rounds = int(rounds)
     c.synth.batch_size = c.distill.batch_size = 16
+    # A budget that never binds: the run is unchanged, but its per-round budget decisions
+    # (broadcast from process 0) run, so two processes must agree on them or deadlock.
+    c.distill.time_budget_s = 1e6
     summary = train.train_and_evaluate(c, workdir)
     last = json.loads((Path(workdir) / "metrics.jsonl").read_text().splitlines()[-1])
     # Every process must see process 0's value (budget decisions steer collectives).

@@ -69,14 +69,14 @@ def _train(setup, name, rounds, devices):
 
 def test_two_processes_agree_with_one(tiny_setup):
     data, cache, root = tiny_setup
-    ref = _train(tiny_setup, "single", 3, 1)
+    ref = _train(tiny_setup, "single", 4, 1)  # 4 rounds: the budget plans after the 3rd
     port, env = (
         _free_port(),
         {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
     )
     procs = []
     for pid in (0, 1):
-        args = ["train", root / f"multi{pid}.json", data, cache, root / "multi", 3,
+        args = ["train", root / f"multi{pid}.json", data, cache, root / "multi", 4,
                 f"localhost:{port}", 2, pid]  # fmt: skip
         procs.append(subprocess.Popen(
             [sys.executable, str(CHECK), *map(str, args)],
