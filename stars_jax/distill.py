@@ -87,8 +87,7 @@ def warmup_cosine(step, peak: float, warmup_steps: int, total_steps):
 def scheduled_update(optimizer, grads, state: TrainState, lr):
     """``(params, opt_state)`` after one step of ``optimizer``'s direction times ``-lr``."""
     direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, direction)
-    return params, opt_state
+    return optax.apply_updates(state.params, optax.tree.scale(-lr, direction)), opt_state
 
 
 def init_train_state(model, optimizer, key, image_shape, total_steps: int = 0) -> TrainState:

@@ -170,8 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     )  # fmt: skip
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
-    state = init_train_state(student, optimizer, k_student, image_shape, dc.rounds * dc.kd_steps)
-    state = parallel.put(state, rep)
+    # The schedule's horizon is set below, once the run knows where it stops.
+    state = parallel.put(init_train_state(student, optimizer, k_student, image_shape), rep)
     if dc.mode == "data_free":
         synthesizer = make_synthesizer(config.synth, teacher_model, student, image_shape,
                                        config.data.num_classes, mean, std, batch_sh)  # fmt: skip
@@ -199,7 +199,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     elapsed_before = float(parallel.fetch(clock["elapsed_s"]))
     planned = int(parallel.fetch(clock["rounds"]))
     stop_at = planned or dc.rounds
-    carry = _set_horizon(carry, stop_at * dc.kd_steps, rep)  # distill.rounds may have changed.
+    carry = _set_horizon(carry, stop_at * dc.kd_steps, rep)  # also on resume: rounds may change
     elapsed = lambda: parallel.agree(elapsed_before + time.time() - t_start)
     budget_s = float(dc.time_budget_s)
     if budget_s < 0:
