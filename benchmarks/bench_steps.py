@@ -98,16 +98,22 @@ def jax_cases(s, dtype_name: str):
     syn_cfg.a_bn, syn_cfg.a_oh, syn_cfg.a_adv, syn_cfg.l_rca, syn_cfg.l_tar = 1, 1, 0.5, 0, 0
     syn_cfg.lr = 0.1
     cfg.distill.optimizer = "sgd"  # nesterov, momentum 0.9, lr 0.1: what the PyTorch side runs
+    cfg.distill.nesterov = True
     opt = make_optimizer(cfg.distill)
     st = init_train_state(student, opt, jax.random.key(1), shape, 1000)
     syn = make_synthesizer(syn_cfg, teacher, student, shape, 10, MEAN, STD)
-    work = syn.begin({}, jax.random.key(2))
+    syn_state, work = syn.begin(syn.init(jax.random.key(2), tv), jax.random.key(2), 0)
     ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 0.0, "logits", 0, False, dtype,
                     lr=0.1, warmup_steps=0)  # fmt: skip
     images = jax.random.randint(jax.random.key(3), (s["batch"], *shape), 0, 256).astype(jnp.uint8)
     key = jax.random.key(4)
     return [
-        ("synthesis", lambda w, t, sv: syn.step(w, t, sv, key)[0], work, (tv, st.variables)),
+        (
+            "synthesis",
+            lambda w, t, sv: syn.step(syn_state, w, t, sv, key)[0],
+            work,
+            (tv, st.variables),
+        ),  # fmt: skip
         ("kd", lambda c, t, x: kd_step(ctx, c, t, x, key)[0], st, (tv, images)),
     ]
 

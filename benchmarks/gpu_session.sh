@@ -11,6 +11,8 @@
 #   bash benchmarks/gpu_session.sh budget baseline 540  # the same without STARS
 #   bash benchmarks/gpu_session.sh dtype bfloat16 300   # fast path vs float32 accuracy:
 #   bash benchmarks/gpu_session.sh dtype float32 300    #   the same budget in each dtype
+#   bash benchmarks/gpu_session.sh synth 240 nayer fast  # per synthesizer, baseline and STARS
+#     side by side on the card (two jobs at a time), then one table: $OUT/synth_table.md
 # Extra --config.x=... flags after the seconds go to the job (a CPU smoke run of this script
 # shrinks the models and batches with them). A budget run's seconds count the whole job
 # (teacher conversion excluded); a command may run 600 s, so 540 leaves room for set-up. The 10-minute run does not fit one
@@ -22,8 +24,10 @@ G=.gpu
 PY=${PYTHON:-python3}
 
 setup() {  # wheels the device image lacks, the converted teacher, the test split
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site $G/whl/*.whl
+  if ! $PY -c "import ml_collections" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site $G/whl/*.whl
+  fi
   export PYTHONPATH=/tmp/site:$PWD
   mkdir -p "$OUT" /tmp/data
   [ -d /tmp/data/cifar10-jpeg/test ] || tar -xzf $G/cifar10_test.tar.gz -C /tmp/data
@@ -33,10 +37,10 @@ setup() {  # wheels the device image lacks, the converted teacher, the test spli
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" || true
 }
 
-run_job() {  # name, budget seconds, extra config flags...
+run_job() {  # name, budget seconds, extra config flags... (CONFIG: the config file and arg)
   local name=$1 secs=$2
   shift 2
-  $PY -m stars_jax.main --config configs/cifar10.py --workdir "/tmp/work/$name" \
+  $PY -m stars_jax.main --config "${CONFIG:-configs/cifar10.py}" --workdir "/tmp/work/$name" \
     --compilation_cache_dir=/tmp/xla --config.data.path=/tmp/data/cifar10-jpeg \
     --config.data.kind=image_folder \
     --config.teacher.dir=/tmp/teachers/cifar10_resnet34 \
@@ -79,6 +83,23 @@ case "${1:-}" in
     secs=${3:-300}
     shift $(($# < 3 ? $# : 3))
     run_job "dtype_$dt" "$secs" --config.student.dtype="$dt" --config.teacher.dtype="$dt" "$@"
+    ;;
+  synth)
+    setup
+    secs=${2:?seconds per run}
+    shift 2
+    methods=()
+    while [ $# -gt 0 ] && [[ $1 != --* ]]; do methods+=("$1"); shift; done
+    [ ${#methods[@]} -gt 0 ] || methods=(nayer fast)
+    export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45}  # two jobs share the card
+    for m in "${methods[@]}"; do
+      CONFIG="configs/cifar10.py:$m" run_job "synth_${m}_base" "$secs" --config.synth.l_rca=0 \
+        --config.synth.l_tar=0 --config.distill.b_rca=0 "$@" > /dev/null &
+      CONFIG="configs/cifar10.py:$m" run_job "synth_${m}_stars" "$secs" "$@" > /dev/null &
+      wait
+      tail -n 1 "$OUT/synth_${m}_base.log" "$OUT/synth_${m}_stars.log"
+    done
+    $PY benchmarks/synth_table.py "$OUT"/synth_*.summary.json | tee "$OUT/synth_table.md"
     ;;
   *)
     sed -n "2,/^set -euo/p" "$0" | grep "^#" >&2

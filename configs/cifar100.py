@@ -1,5 +1,6 @@
 """CIFAR-100: a converted teacher distilled into a spiking resnet18 (T=4), Fast + STARS.
 
+Argument: METHOD[,TEACHER] as in configs/cifar10.py.
 Set-up: a CIFAR-100 teacher checkpoint of the public DFKD format (e.g. resnet34 or wrn40_2):
   python -m stars_jax.convert --arch resnet34 --num_classes 100 --checkpoint C100.pth \
       --out teachers/cifar100_resnet34
@@ -16,12 +17,10 @@ from stars_jax.config import load_config_file
 
 
 def get_config(arg=None):
-    del arg
-    c = load_config_file(Path(__file__).with_name("cifar10.py"))
+    c = load_config_file(Path(__file__).with_name("cifar10.py"), arg)  # METHOD[,TEACHER]
     c.data.name = "cifar100"
     c.data.kind = "cifar_python"
     c.data.path = "data/cifar-100-python.tar.gz"
     c.data.num_classes = 100
-    c.teacher.dir = "teachers/cifar100_resnet34"
-    c.synth.a_oh = 0.5
+    c.teacher.dir = f"teachers/cifar100_{c.teacher.arch}"
     return c

@@ -1,22 +1,28 @@
 """The embedded default: STARS data-free ANN-to-SNN distillation on Fashion-MNIST, on a CPU.
 
-Command (after the README's set-up):
+Argument ``METHOD`` (optional): the synthesizer (fast, nayer, cmi, deepinversion), at CPU
+scale. Command (after the README's set-up):
   python -m stars_jax.main --config configs/default.py --workdir workdirs/default
 Hardware: 2 CPU cores. Trains a small ANN teacher on the real Fashion-MNIST training set
 (cached), synthesises images from it without looking at the data again, distills a spiking
 student, and reports the student's top-1 on the real test set. Expected result: see README.md.
 """
 
-from stars_jax.config import base_config
+from stars_jax.config import base_config, parse_arg, set_method
 
 
 def get_config(arg=None):
-    del arg
+    method, _ = parse_arg(arg, "fast")
     c = base_config()
     # Measured on the real training set with CE (200 steps, batch 64): the small spiking
     # student reaches ~69% with V_th = 0.5 and lr 1e-2 against ~64% with V_th = 1, lr 5e-3.
     c.neuron.v_threshold = 0.5
     c.distill.lr = 1e-2
     c.student.time_steps = 2  # T = 2 learns as fast per step as T = 4 at ~60% of the cost.
-    c.distill.rounds = 110
+    c.distill.rounds = 110  # including synth.warmup_rounds
+    set_method(c, method)
+    c.synth.batch_size = 64
+    c.synth.generator_width = 32
+    c.synth.crop_pad, c.synth.flip = 2, False  # 28x28 garments: no flips, as in KD
+    c.synth.warmup_rounds = 5
     return c

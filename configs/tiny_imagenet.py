@@ -16,15 +16,14 @@ from stars_jax.config import load_config_file
 
 
 def get_config(arg=None):
-    del arg
-    c = load_config_file(Path(__file__).with_name("cifar10.py"))  # the same DFKD schedule
+    # METHOD[,TEACHER] as in configs/cifar10.py; the same DFKD schedule.
+    c = load_config_file(Path(__file__).with_name("cifar10.py"), arg)
     c.data.name = "tiny_imagenet"
     c.data.kind = "tiny_imagenet"
     c.data.path = "data/tiny-imagenet-200"
     c.data.test_split = "val"  # The official test split has no labels.
     c.data.num_classes = 200
-    c.teacher.dir = "teachers/tiny_imagenet_resnet34"
-    c.synth.a_oh = 0.5
+    c.teacher.dir = f"teachers/tiny_imagenet_{c.teacher.arch}"
     c.distill.rounds = 200
     c.distill.crop_pad = 8
     c.distill.bank_size = 32768  # 384 MiB of uint8 64x64x3 on device

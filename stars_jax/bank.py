@@ -17,6 +17,7 @@ import jax.numpy as jnp
 class Bank(NamedTuple):
     images: jax.Array  # uint8 [N, H, W, C]
     labels: jax.Array  # int32 [N], the labels the images were synthesised for
+    preds: jax.Array  # int32 [N], the teacher's top-1 class on each image (its health)
     count: jax.Array  # int32 [], number of valid entries (<= N)
     cursor: jax.Array  # int32 [], next write position
 
@@ -27,6 +28,7 @@ def init_bank(capacity: int, image_shape: tuple[int, int, int]) -> Bank:
     return Bank(
         images=jnp.zeros((capacity, *image_shape), jnp.uint8),
         labels=jnp.zeros((capacity,), jnp.int32),
+        preds=jnp.zeros((capacity,), jnp.int32),
         count=jnp.zeros((), jnp.int32),
         cursor=jnp.zeros((), jnp.int32),
     )
@@ -37,8 +39,10 @@ def to_uint8(x01: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round(x01.astype(jnp.float32) * 255.0), 0, 255).astype(jnp.uint8)
 
 
-def bank_add(bank: Bank, images_u8: jax.Array, labels: jax.Array) -> Bank:
-    """Writes a batch ``[B, H, W, C]`` at the cursor, wrapping around the ring."""
+def bank_add(bank: Bank, images_u8: jax.Array, labels: jax.Array, preds=None) -> Bank:
+    """Writes a batch ``[B, H, W, C]`` at the cursor, wrapping around the ring; ``preds``
+    (the teacher's classes) default to ``labels``."""
+    preds = labels if preds is None else preds
     capacity, b = bank.images.shape[0], images_u8.shape[0]
     if b > capacity:
         raise ValueError(f"Batch of {b} does not fit a bank of {capacity}; raise bank size.")
@@ -46,6 +50,7 @@ def bank_add(bank: Bank, images_u8: jax.Array, labels: jax.Array) -> Bank:
     return Bank(
         images=bank.images.at[idx].set(images_u8),
         labels=bank.labels.at[idx].set(labels.astype(jnp.int32)),
+        preds=bank.preds.at[idx].set(preds.astype(jnp.int32)),
         count=jnp.minimum(bank.count + b, capacity),
         cursor=(bank.cursor + b) % capacity,
     )

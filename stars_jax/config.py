@@ -48,18 +48,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.neuron.alpha = 2.0
 
     c.synth = ml_collections.ConfigDict()
-    c.synth.method = "fast"  # "fast" (generator) or "deepinversion" (pixels).
-    c.synth.batch_size = 64  # Images synthesised per round.
-    c.synth.steps = 5  # Optimisation steps per round (Fast's g_steps).
-    c.synth.lr = 5e-3  # Generator (Fast) or pixel (DeepInversion) Adam learning rate.
+    # The synthesizer (stars_jax.synthesis.SYNTHESIZERS); set_method() applies its reference
+    # settings, which differ a lot between methods (configs take it as their argument).
+    c.synth.method = "fast"
+    c.synth.batch_size = 64  # Images synthesised (and kept) per round.
+    c.synth.steps = 5  # Optimisation steps per round (the references' g_steps).
+    c.synth.warmup_rounds = 0  # Synthesis-only first rounds: BN + CE, no KD (Fast's warmup).
+    c.synth.lr = 5e-3  # Generator (or pixel, DeepInversion) Adam learning rate.
     c.synth.lr_z = 0.015  # Latent learning rate (Fast).
-    c.synth.latent_dim = 256
-    c.synth.generator_width = 32  # Fast's ngf.
-    c.synth.reptile = True  # Reptile meta update of the persistent generator.
-    c.synth.meta_lr_scale = 1.0  # Meta Adam lr = lr * steps * scale (Fast's convention).
-    c.synth.reset_l0 = False  # Re-initialise the generator's first layer every round (Fast).
-    c.synth.bn_ema = 0.9  # Blend batch statistics with their EMA over rounds (Fast's bn_mmt).
-    c.synth.jitter = 2  # Random shift in pixels (and flip) before the teacher, DeepInversion.
+    c.synth.latent_dim = 256  # Generator input: latent (Fast, CMI) or noisy-layer output (NAYER).
+    c.synth.generator_width = 64  # ngf.
+    c.synth.meta = "fomaml"  # Fast's meta update: "fomaml" (first-order MAML) or "reptile".
+    c.synth.reset_l0_round = 0  # Fast: re-draw the generator's first layer before this round.
+    c.synth.bn_ema = 0.9  # Blend BN batch moments with their EMA over rounds (bn_mmt); 0 = off.
+    c.synth.crop_pad = 4  # Generators: per-sample random crop (zero padding, pixels) ...
+    c.synth.flip = True  # ... and horizontal flip before the teacher.
+    c.synth.jitter = 2  # DeepInversion: random roll of the batch in pixels (and flip).
+    c.synth.embed = "fixed"  # NAYER label embeddings: "fixed" (random) or "learned".
+    c.synth.embed_dim = 512  # NAYER label-embedding size (CLIP ViT-B/32 text width).
+    c.synth.reinit_every = 0  # NAYER: re-initialise the generator every N rounds (g_life).
+    c.synth.a_cr = 0.0  # CMI: weight of the contrastive term ...
+    c.synth.cr_temperature = 0.2  # ... its temperature,
+    c.synth.cmi_layers = "all"  # ... the BN layers whose inputs are its features,
+    c.synth.cmi_bank_size = 4096  # ... the feature bank (rows),
+    c.synth.cmi_negatives = 1024  # ... the negatives drawn from it per step,
+    c.synth.cmi_head_dim = 256  # ... and the projection size.
     c.synth.a_bn = 10.0
     c.synth.a_oh = 1.0
     c.synth.a_adv = 1.1
@@ -80,9 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.rounds = 45
     c.distill.kd_steps = 20  # Student updates per round.
     c.distill.batch_size = 64
-    c.distill.optimizer = "adam"  # "sgd" (nesterov, momentum 0.9) or "adam".
-    c.distill.lr = 5e-3  # Peak; linear warm-up then cosine to 0.
-    c.distill.warmup_rounds = 2
+    c.distill.optimizer = "adam"  # "sgd" (momentum 0.9) or "adam".
+    c.distill.nesterov = True  # SGD only.
+    c.distill.lr = 5e-3  # Peak; linear warm-up then cosine to lr_min.
+    c.distill.lr_min = 0.0
+    c.distill.lr_warmup_rounds = 2  # Rounds of linear learning-rate warm-up (after synth's).
     c.distill.weight_decay = 0.0
     c.distill.t_kd = 4.0  # KD temperature.
     c.distill.per_time_step = False  # TET-style KD on every time step.
@@ -107,6 +122,58 @@ def base_config() -> ml_collections.ConfigDict:
     c.log.every = 1  # Rounds between console lines.
     c.log.grid_images = 64  # Synthetic images in the PNG grid written at each evaluation.
     return c
+
+
+# Each synthesizer's settings in its public reference code (CIFAR scripts), which set_method
+# applies; config files then change what measurements chose (benchmarks/RESULTS.md).
+REFERENCE_SYNTH = {
+    # Fast-Datafree scripts/fast_cifar.sh, "Fast-2": g_steps 2, lr_g 5e-3, lr_z 0.015,
+    # bn_mmt 0.9, warmup 20, is_maml 1, reset_l0 at epoch warmup + 120; weights per teacher
+    # in FAST_TEACHER_WEIGHTS.
+    "fast": dict(steps=2, lr=5e-3, lr_z=0.015, latent_dim=256, warmup_rounds=20, bn_ema=0.9,
+                 meta="fomaml", reset_l0_round=140, a_bn=10.0, a_oh=0.4, a_adv=1.1),
+    # NAYER scripts/nayer_*.sh: g_steps 40, lr_g 4e-3, le_emb_size 1000, g_life 10, bn_mmt 0.9,
+    # warmup 20, bn 10, oh 0.5, adv 1.33 for every teacher.
+    "nayer": dict(steps=40, lr=4e-3, latent_dim=1000, warmup_rounds=20, bn_ema=0.9,
+                  reinit_every=10, a_bn=10.0, a_oh=0.5, a_adv=1.33),
+    # Fast-Datafree scripts/cmi_cifar.sh: g_steps 200, lr_g 1e-3, bn 1, oh 1, adv 0.5, cr 0.8,
+    # cr_T 0.2, no warm-up, no BN momentum; bank 40960, 4096 negatives, head 256.
+    "cmi": dict(steps=200, lr=1e-3, latent_dim=256, warmup_rounds=0, bn_ema=0.0, a_bn=1.0,
+                a_oh=1.0, a_adv=0.5, a_cr=0.8, cr_temperature=0.2, cmi_bank_size=40960,
+                cmi_negatives=4096, cmi_head_dim=256),
+    # Fast-Datafree scripts/deepinv_cifar.sh: g_steps 1000, lr_g 0.1, bn 10, oh 1, adv 1;
+    # jitter 1/8 of the image side.
+    "deepinversion": dict(steps=1000, lr=0.1, warmup_rounds=0, bn_ema=0.0, a_bn=10.0, a_oh=1.0,
+                          a_adv=1.0, jitter=4),
+}  # fmt: skip
+
+# Fast's loss weights (a_bn, a_oh, a_adv) per teacher in scripts/fast_cifar.sh.
+FAST_TEACHER_WEIGHTS = {
+    "resnet34": (10.0, 0.5, 1.33),
+    "wrn40_2": (10.0, 0.4, 1.1),
+    "vgg11": (10.0, 0.5, 1.0),
+}
+
+
+def set_method(c: ml_collections.ConfigDict, method: str, teacher: str | None = None):
+    """Sets ``c.synth.method`` and the reference settings of that synthesizer (for Fast, its
+    weights for ``teacher`` where the reference has a row for it)."""
+    if method not in REFERENCE_SYNTH:
+        raise ValueError(f"Unknown synthesizer {method!r}; valid: {sorted(REFERENCE_SYNTH)}.")
+    c.synth.method = method
+    for key, value in REFERENCE_SYNTH[method].items():
+        c.synth[key] = value
+    if method == "fast" and teacher in FAST_TEACHER_WEIGHTS:
+        c.synth.a_bn, c.synth.a_oh, c.synth.a_adv = FAST_TEACHER_WEIGHTS[teacher]
+    return c
+
+
+def parse_arg(arg: str | None, default_method: str) -> tuple[str, str | None]:
+    """A config file's argument ``METHOD[,TEACHER]`` (both optional) -> (method, teacher)."""
+    parts = [p.strip() for p in (arg or "").split(",")]
+    method = parts[0] or default_method
+    teacher = parts[1] if len(parts) > 1 and parts[1] else None
+    return method, teacher
 
 
 def load_config_file(path, arg=None) -> ml_collections.ConfigDict:

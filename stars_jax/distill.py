@@ -19,6 +19,7 @@ import optax
 
 from stars_jax import losses
 from stars_jax.bank import Bank, bank_add, bank_sample, normalize, random_crop_flip
+from stars_jax.diagnostics import batch_health, class_entropy
 from stars_jax.neurons import LIFParams
 from stars_jax.parallel import constrain
 
@@ -61,10 +62,11 @@ def compute_dtype(name: str):
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
-    """``config.distill`` -> the update direction of SGD (nesterov) or Adam, without the
-    learning rate: ``scheduled_update`` scales it by ``warmup_cosine`` at the current step."""
+    """``config.distill`` -> the update direction of SGD (momentum 0.9, ``nesterov`` or not)
+    or Adam, without the learning rate: ``scheduled_update`` scales it by ``warmup_cosine``
+    at the current step."""
     if cfg.optimizer == "sgd":
-        opt = optax.trace(decay=0.9, nesterov=True)
+        opt = optax.trace(decay=0.9, nesterov=cfg.nesterov)
     elif cfg.optimizer == "adam":
         opt = optax.scale_by_adam()
     else:
@@ -74,14 +76,16 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     return opt
 
 
-def warmup_cosine(step, peak: float, warmup_steps: int, total_steps):
-    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to 0 at
-    ``total_steps`` (optax's ``warmup_cosine_decay_schedule``, with a traced horizon)."""
+def warmup_cosine(step, peak: float, warmup_steps: int, total_steps, floor: float = 0.0):
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to ``floor`` at
+    ``total_steps`` (optax's ``warmup_cosine_decay_schedule``, with a traced horizon;
+    ``warmup_steps = 0`` starts at the peak, as PyTorch's ``CosineAnnealingLR``)."""
     step = jnp.asarray(step, jnp.float32)
-    warm = jnp.float32(max(warmup_steps, 1))
+    warm = jnp.float32(warmup_steps)
     decay = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - warm, 1.0)
     frac = jnp.clip((step - warm) / decay, 0.0, 1.0)
-    return jnp.where(step < warm, peak * step / warm, peak * 0.5 * (1 + jnp.cos(jnp.pi * frac)))
+    cosine = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+    return jnp.where(step < warm, peak * step / jnp.maximum(warm, 1.0), cosine)
 
 
 def scheduled_update(optimizer, grads, state: TrainState, lr):
@@ -121,6 +125,8 @@ class KDContext:
     batch_sharding: Any = None  # NamedSharding of [B, ...] batches under a mesh, or None
     lr: float = dataclasses.field(kw_only=True)  # Peak learning rate of ``warmup_cosine``.
     warmup_steps: int = dataclasses.field(kw_only=True)
+    lr_min: float = dataclasses.field(default=0.0, kw_only=True)  # The cosine's floor.
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
 
 
 def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
@@ -153,7 +159,7 @@ def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
         return total, (metrics, new_vars["batch_stats"])
 
     (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    lr = warmup_cosine(state.step, ctx.lr, ctx.warmup_steps, state.total_steps)
+    lr = warmup_cosine(state.step, ctx.lr, ctx.warmup_steps, state.total_steps, ctx.lr_min)
     params, opt_state = scheduled_update(ctx.optimizer, grads, state, lr)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
@@ -170,55 +176,82 @@ def kd_bank_step(ctx: KDContext, batch_size: int, state, teacher_vars, bank: Ban
     return kd_step(ctx, state, teacher_vars, constrain(images, ctx.batch_sharding), k_aug)
 
 
+def add_synthetic(ctx: KDContext, bank: Bank, teacher_vars, images_u8, labels):
+    """The round's kept batch into the bank, with the teacher's predictions on it; returns
+    the bank and the batch's health (``stars_jax.diagnostics``) and the whole bank's class
+    entropy."""
+    preds, health = batch_health(
+        ctx.teacher, teacher_vars, images_u8, labels, ctx.mean, ctx.std, ctx.num_classes
+    )
+    bank = bank_add(bank, images_u8, labels, preds)
+    valid = jnp.arange(bank.preds.shape[0]) < bank.count
+    health["bank_entropy"] = class_entropy(bank.preds, ctx.num_classes, valid)
+    return bank, preds, {f"synth/{k}": v for k, v in health.items()}
+
+
 class RoundSteps(NamedTuple):
     """The jitted pieces of a round; state arguments are donated."""
 
     syn_begin: Callable | None
     syn_step: Callable | None
     syn_end: Callable | None
-    bank_add: Callable
+    add_synthetic: Callable | None
     kd_step: Callable
 
 
 def make_round_steps(synthesizer, ctx: KDContext, batch_size: int) -> RoundSteps:
     kd = jax.jit(functools.partial(kd_bank_step, ctx, batch_size), donate_argnums=0)
-    add = jax.jit(bank_add, donate_argnums=0)
     if synthesizer is None:  # real_data mode
-        return RoundSteps(None, None, None, add, kd)
+        return RoundSteps(None, None, None, None, kd)
     return RoundSteps(
         syn_begin=jax.jit(synthesizer.begin),
-        syn_step=jax.jit(synthesizer.step, donate_argnums=0),
-        syn_end=jax.jit(synthesizer.end, donate_argnums=1),
-        bank_add=add,
+        syn_step=jax.jit(synthesizer.step, donate_argnums=1, static_argnames="warmup"),
+        syn_end=jax.jit(synthesizer.end, donate_argnums=0),
+        add_synthetic=jax.jit(functools.partial(add_synthetic, ctx), donate_argnums=0),
         kd_step=kd,
     )
 
 
-def run_round(steps: RoundSteps, carry, teacher_vars, key, synth_steps: int, kd_steps: int):
-    """One DFKD round: ``synth_steps`` synthesis steps, the batch into the bank, then
-    ``kd_steps`` student updates from the bank. Everything stays on device.
+class RoundOutput(NamedTuple):
+    images: jax.Array | None  # the kept synthetic batch, uint8 [B, H, W, C] (None: real data)
+    labels: jax.Array | None  # the labels it was synthesised for
+    preds: jax.Array | None  # the teacher's classes on it
+    metrics: dict
+
+
+def run_round(
+    steps: RoundSteps, carry, teacher_vars, key, round_: int, synth_steps: int, kd_steps: int,
+    warmup: bool = False,
+):  # fmt: skip
+    """One DFKD round: ``synth_steps`` synthesis steps, the kept batch into the bank, then
+    ``kd_steps`` student updates from the bank. Everything stays on device. In a warm-up
+    round the synthesis objective is BN + CE only (``warmup``); callers pass ``kd_steps=0``.
 
     Args:
       carry: ``(student_state, synth_state, bank)``.
+      round_: the round's index (synthesizers reset or re-initialise on some rounds).
 
     Returns:
-      ``(carry, images_u8 or None, metrics)``; synthesis metrics are those of the last
-      step, KD metrics are averaged over the round's steps.
+      ``(carry, RoundOutput)``; synthesis metrics are those of the last step plus the kept
+      batch's health, KD metrics are averaged over the round's steps.
     """
     state, synth_state, bank = carry
     k_syn, k_kd = jax.random.split(key)
-    metrics, images = {}, None
+    metrics, out = {}, RoundOutput(None, None, None, {})
     if steps.syn_step is not None:
-        work = steps.syn_begin(synth_state, jax.random.fold_in(k_syn, 0))
+        synth_state, work = steps.syn_begin(synth_state, jax.random.fold_in(k_syn, 0), round_)
         for i in range(synth_steps):
             work, metrics = steps.syn_step(
-                work, teacher_vars, state.variables, jax.random.fold_in(k_syn, i + 1)
-            )
+                synth_state, work, teacher_vars, state.variables,
+                jax.random.fold_in(k_syn, i + 1), warmup=warmup,
+            )  # fmt: skip
         synth_state, images, labels = steps.syn_end(synth_state, work)
-        bank = steps.bank_add(bank, images, labels)
+        bank, preds, health = steps.add_synthetic(bank, teacher_vars, images, labels)
+        metrics = {**metrics, **health}
+        out = RoundOutput(images, labels, preds, {})
     kd_sum = None
     for j in range(kd_steps):
         state, m = steps.kd_step(state, teacher_vars, bank, jax.random.fold_in(k_kd, j))
         kd_sum = m if kd_sum is None else jax.tree.map(jnp.add, kd_sum, m)
     metrics = {**metrics, **jax.tree.map(lambda v: v / kd_steps, kd_sum or {})}
-    return (state, synth_state, bank), images, metrics
+    return (state, synth_state, bank), out._replace(metrics=metrics)

@@ -70,21 +70,49 @@ def _append(path, text: str) -> None:
             f.write(text)
 
 
-def save_image_grid(path: str | Path, images_u8: np.ndarray, ncol: int = 8) -> None:
-    """Writes ``[N, H, W, C]`` uint8 images as one PNG grid (C = 1 or 3)."""
-    from PIL import Image
+def save_image_grid(
+    path: str | Path, images_u8: np.ndarray, labels=None, preds=None, ncol: int = 8
+) -> None:
+    """Writes ``[N, H, W, C]`` uint8 images as one PNG grid (C = 1 or 3).
+
+    With ``labels`` the tiles are sorted by label and captioned ``label>pred`` when ``preds``
+    (the teacher's classes) are given too: green where they agree, red where they do not.
+    Small images are enlarged so that the caption stays readable.
+    """
+    from PIL import Image, ImageDraw
 
     images = np.asarray(images_u8)
-    n, h, w, c = images.shape
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    n, h, w, _ = images.shape
+    cap = 0
+    if labels is not None:
+        labels = np.asarray(labels)
+        order = np.argsort(labels, kind="stable")
+        images, labels = images[order], labels[order]
+        preds = None if preds is None else np.asarray(preds)[order]
+        scale = max(1, 64 // max(h, w))
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w, cap = h * scale, w * scale, 12
     nrow = math.ceil(n / ncol)
-    grid = np.zeros((nrow * (h + 2), ncol * (w + 2), c), np.uint8)
+    grid = np.zeros((nrow * (h + cap + 2), ncol * (w + 2), 3), np.uint8)
     for i, img in enumerate(images):
         r, q = divmod(i, ncol)
-        grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img
+        y, x = r * (h + cap + 2) + 1, q * (w + 2) + 1
+        grid[y : y + h, x : x + w] = img
+    picture = Image.fromarray(grid)
+    if labels is not None:
+        draw = ImageDraw.Draw(picture)
+        for i, y_i in enumerate(labels):
+            r, q = divmod(i, ncol)
+            text = str(int(y_i)) if preds is None else f"{int(y_i)}>{int(preds[i])}"
+            ok = preds is None or preds[i] == y_i
+            colour = (120, 230, 120) if ok else (255, 90, 90)
+            draw.text((q * (w + 2) + 2, r * (h + cap + 2) + h), text, fill=colour)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
-        Image.fromarray(grid[..., 0] if c == 1 else grid).save(f, format="PNG")
+        picture.save(f, format="PNG")
 
 
 def write_json(path: str | Path, obj: dict) -> None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stars_jax
-from stars_jax import budget, checkpoint, parallel
+from stars_jax import budget, checkpoint, diagnostics, parallel
 from stars_jax import data as data_lib
 from stars_jax import metrics as metrics_lib
 from stars_jax.bank import Bank, init_bank, normalize
@@ -42,9 +42,11 @@ from stars_jax.synthesis import make_synthesizer
 from stars_jax.teacher import resolve_teacher
 
 CONSOLE_KEYS = (
-    "synth/loss", "synth/bn", "synth/tar", "synth/rca", "synth/teacher_acc",
-    "kd/loss", "kd/agreement", "eval/student_top1",
+    "synth/bn", "synth/tar", "synth/rca", "synth/teacher_acc", "synth/class_entropy",
+    "synth/diversity", "kd/loss", "kd/agreement", "eval/student_top1",
 )  # fmt: skip
+# The kept batches' health (stars_jax.diagnostics), averaged over the run into the summary.
+HEALTH_KEYS = ("synth/teacher_acc", "synth/class_entropy", "synth/diversity")
 
 
 def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Path) -> None:
@@ -114,7 +116,7 @@ def _write_run_info(workdir: Path, config) -> None:
 
 def _place_bank(bank: Bank, mesh) -> Bank:
     sharded, rep = parallel.data_sharded(mesh), parallel.replicated(mesh)
-    return Bank(*parallel.put((bank.images, bank.labels), sharded),
+    return Bank(*parallel.put((bank.images, bank.labels, bank.preds), sharded),
                 *parallel.put((bank.count, bank.cursor), rep))  # fmt: skip
 
 
@@ -166,23 +168,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
         teacher=teacher_model, student=student, optimizer=optimizer, mean=mean, std=std,
         t_kd=dc.t_kd, per_time_step=dc.per_time_step, b_rca=dc.b_rca, rca_rep=dc.rca_rep,
         crop_pad=dc.crop_pad, flip=dc.flip, dtype=dtype, batch_sharding=batch_sh,
-        lr=dc.lr, warmup_steps=dc.warmup_rounds * dc.kd_steps,
+        lr=dc.lr, warmup_steps=dc.lr_warmup_rounds * dc.kd_steps, lr_min=dc.lr_min,
+        num_classes=config.data.num_classes,
     )  # fmt: skip
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
     # The schedule's horizon is set below, once the run knows where it stops.
     state = parallel.put(init_train_state(student, optimizer, k_student, image_shape), rep)
+    real_health, warmup_rounds = {}, 0
     if dc.mode == "data_free":
         synthesizer = make_synthesizer(config.synth, teacher_model, student, image_shape,
                                        config.data.num_classes, mean, std, batch_sh)  # fmt: skip
         synth_state = parallel.put(synthesizer.init(k_synth, teacher_vars), rep)
         bank = init_bank(dc.bank_size, image_shape)
+        warmup_rounds = config.synth.warmup_rounds
+        real_health = diagnostics.real_batch_health(
+            teacher_model, teacher_vars, test, config.synth.batch_size, mean, std,
+            config.data.num_classes, seed=config.seed,
+        )  # fmt: skip
+        print(f"Synthesis: {config.synth.method}, {warmup_rounds} warm-up rounds; a real test "
+              f"batch of {config.synth.batch_size} (the reference for synth/*): teacher top-1 "
+              f"{real_health['teacher_acc']:.3f}, class entropy "
+              f"{real_health['class_entropy']:.3f}, diversity {real_health['diversity']:.3f}",
+              flush=True)  # fmt: skip
     else:  # KD on the real training set: the bank holds it, and nothing is synthesised.
         train, _ = load_train()
         synthesizer, synth_state = None, {}
         keep = len(train.images) - len(train.images) % mesh.devices.size
         n = np.asarray(keep, np.int32)
-        bank = Bank(train.images[:keep], train.labels[:keep], n, np.zeros_like(n))
+        labels = train.labels[:keep]
+        bank = Bank(train.images[:keep], labels, labels, n, np.zeros_like(n))
+    # Student updates happen after the synthesis-only warm-up: the schedule spans the rest.
+    kd_horizon = lambda rounds: max(rounds - warmup_rounds, 1) * dc.kd_steps
     carry = (state, synth_state, _place_bank(bank, mesh))
     steps = make_round_steps(synthesizer, ctx, dc.batch_size)
     # The budget clock: wall seconds spent by earlier processes of this run, and the round
@@ -199,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     elapsed_before = float(parallel.fetch(clock["elapsed_s"]))
     planned = int(parallel.fetch(clock["rounds"]))
     stop_at = planned or dc.rounds
-    carry = _set_horizon(carry, stop_at * dc.kd_steps, rep)  # also on resume: rounds may change
+    carry = _set_horizon(carry, kd_horizon(stop_at), rep)  # also on resume: rounds may change
     elapsed = lambda: parallel.agree(elapsed_before + time.time() - t_start)
     budget_s = float(dc.time_budget_s)
     if budget_s < 0:
@@ -213,31 +230,41 @@ def train_and_evaluate(config, workdir: str) -> dict:
     rates_fn = jax.jit(student_logits_fn(student, mean, std, with_rates=True), out_shardings=rep)
     writer = metrics_lib.Writer(workdir, stop_at, enabled=is_main)
     writer.drop_after(start - 1)
-    result, iter_secs = {}, []
+    result, iter_secs, health = {}, [], []
     # A guess until a student evaluation is timed; agreed, as every input of a budget decision.
     eval_s = parallel.agree(teacher_eval_s * sc.time_steps)
     r = start
     while r < stop_at:
         t_iter = time.time()
-        carry, images, m = run_round(steps, carry, teacher_vars, jax.random.fold_in(k_loop, r),
-                                     config.synth.steps, dc.kd_steps)  # fmt: skip
-        m = parallel.fetch(m)
+        warm = r < warmup_rounds
+        key = jax.random.fold_in(k_loop, r)
+        kd_steps = 0 if warm else dc.kd_steps
+        carry, out = run_round(
+            steps, carry, teacher_vars, key, r, config.synth.steps, kd_steps, warmup=warm
+        )
+        m = parallel.fetch(out.metrics)
         check_finite(m, r, last_ckpt, manager.directory)
-        evaluate = (r + 1) % dc.eval_every == 0
-        if budget_s and r + 1 < stop_at:
+        if not warm and out.images is not None:
+            health.append({k: float(m[k]) for k in (*HEALTH_KEYS, "synth/bank_entropy")})
+        evaluate = (r + 1) % dc.eval_every == 0 and not warm
+        # Warm-up rounds (synthesis only) are neither timed nor planned for: the budget plans
+        # from the student rounds after them.
+        if budget_s and r + 1 < stop_at and not warm:
             per_round = budget.round_seconds(iter_secs + [time.time() - t_iter])
             per_round = parallel.agree(per_round)
-            if r + 1 - start >= budget.CALIBRATION_ROUNDS and (not planned or evaluate):
+            calibrated = r + 1 - max(start, warmup_rounds) >= budget.CALIBRATION_ROUNDS
+            if calibrated and (not planned or evaluate):
                 fit = budget.plan_rounds(budget_s, elapsed(), r + 1, per_round, eval_s, dc.rounds)
-                carry = _set_horizon(carry, fit * dc.kd_steps, rep)
+                carry = _set_horizon(carry, kd_horizon(fit), rep)
                 writer.total = fit
                 if not planned or abs(fit - stop_at) > max(2, stop_at // 20):
                     print(f"Time budget: {per_round:.2f} s per round, so {fit} rounds fit in "
                           f"{budget_s:.0f} s; the learning-rate schedule now ends there.",
                           flush=True)  # fmt: skip
-                    if fit < 2 * dc.warmup_rounds:
-                        print(f"  Warning: distill.warmup_rounds={dc.warmup_rounds} is over half "
-                              "of that; lower it for this budget.", flush=True)  # fmt: skip
+                    if fit - warmup_rounds < 2 * dc.lr_warmup_rounds:
+                        print(f"  Warning: distill.lr_warmup_rounds={dc.lr_warmup_rounds} is over "
+                              "half of the student's rounds; lower it for this budget.",
+                              flush=True)  # fmt: skip
                 planned = stop_at = fit
             elif not budget.next_round_fits(budget_s, elapsed(), per_round, eval_s):
                 print(f"Time budget: stopping after round {r + 1} of {stop_at} to stay within "
@@ -249,24 +276,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
             result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
             eval_s = parallel.agree(time.time() - t_eval)  # Budget decisions use it.
             m.update({"eval/student_top1": result["top1"], "eval/rate_mean": result["rate_mean"]})
-            if images is not None:
-                grid = parallel.fetch(images)[: config.log.grid_images]
-                if is_main:
-                    metrics_lib.save_image_grid(workdir / "images" / f"round_{r + 1:04d}.png", grid)
+        if out.images is not None and (evaluate or last or r + 1 == warmup_rounds):
+            n = config.log.grid_images
+            grid = parallel.fetch((out.images[:n], out.labels[:n], out.preds[:n]))
+            if is_main:
+                metrics_lib.save_image_grid(workdir / "images" / f"round_{r + 1:04d}.png", *grid)
         if (r + 1) % config.log.every == 0 or last:
             writer.write(r, m, CONSOLE_KEYS)
         if (r + 1) % config.ckpt.every == 0 or last:
             clock = {"elapsed_s": np.float32(elapsed()), "rounds": np.int32(planned)}
             checkpoint.save(manager, r, {"carry": carry, "clock": parallel.put(clock, rep)})
             last_ckpt = r
-        iter_secs.append(time.time() - t_iter)
+        if not warm:
+            iter_secs.append(time.time() - t_iter)
         r += 1
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
     run = {"rounds": r, "time_budget_s": budget_s,
            "wall_seconds": round(elapsed(), 1)}  # fmt: skip
+    if dc.mode == "data_free":
+        run["synthesis"] = _health_summary(health, real_health, warmup_rounds)
     return _finish(config, workdir, carry[0], teacher_top1, result, lif, image_shape,
                    (mean, std), run, is_main)  # fmt: skip
+
+
+def _health_summary(health: list[dict], real: dict, warmup_rounds: int) -> dict:
+    """The synthetic batches' health over the student rounds, beside a real batch's."""
+    out = {"warmup_rounds": warmup_rounds, "real_batch": real}
+    if health:
+        for key in HEALTH_KEYS:
+            out[key.split("/")[1]] = float(np.mean([h[key] for h in health]))
+        out["bank_entropy"] = health[-1]["synth/bank_entropy"]
+    return out
 
 
 def _set_horizon(carry, total_steps: int, sharding):
@@ -312,11 +353,14 @@ def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm
         "stars": bool(config.synth.l_rca or config.synth.l_tar or config.distill.b_rca),
         "seed": config.seed,
         "rounds": run["rounds"],
-        "kd_steps": run["rounds"] * config.distill.kd_steps,
+        "kd_steps": max(run["rounds"] - run.get("synthesis", {}).get("warmup_rounds", 0), 0)
+        * config.distill.kd_steps,
         "time_budget_s": run["time_budget_s"],
         "wall_seconds": run["wall_seconds"],
         "devices": jax.device_count(),
     }
+    if "synthesis" in run:
+        summary["synthesis"] = run["synthesis"]
     if is_main:
         _save_student(
             workdir / "student", kind="student", arch=config.student.arch,

@@ -35,6 +35,10 @@ def run_steps(out: str) -> None:
     rep, sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
     cfg = base_config()
     cfg.synth.batch_size, cfg.synth.generator_width, cfg.synth.latent_dim = 16, 8, 16
+    cfg.synth.embed_dim, cfg.synth.cmi_bank_size, cfg.synth.cmi_negatives = 8, 32, 16
+    cfg.synth.cmi_head_dim, cfg.synth.a_cr = 8, 0.8
+    # No crop or flip (as in the KD step below): 1 and 8 devices then see the same pixels.
+    cfg.synth.crop_pad, cfg.synth.flip = 0, False
     teacher, student = make_teacher("resnet_tiny", 4), make_student("resnet_tiny", 4, 2)
     tv = teacher.init(jax.random.key(0), jnp.zeros((2, *SHAPE)))
     tv = {"params": tv["params"], "batch_stats": jax.tree.map(lambda a: a + 0.2, tv["batch_stats"])}
@@ -42,13 +46,19 @@ def run_steps(out: str) -> None:
     state = init_train_state(student, opt, jax.random.key(1), SHAPE, 10)
     tv, state = parallel.put(jax.device_get((tv, state)), rep)
     results = {}
-    for method in ("deepinversion", "fast"):
+    for method in ("deepinversion", "fast", "nayer", "cmi"):
         cfg.synth.method = method
         syn = make_synthesizer(cfg.synth, teacher, student, SHAPE, 4, MEAN, STD, sh)
         syn_state = parallel.put(jax.device_get(syn.init(jax.random.key(2), tv)), rep)
-        work = jax.jit(syn.begin)(syn_state, jax.random.key(3))
-        work, m = jax.jit(syn.step)(work, tv, state.variables, jax.random.key(4))
-        _, images, _ = jax.jit(syn.end)(syn_state, work)
+        syn_state, work = jax.jit(syn.begin)(syn_state, jax.random.key(3), 0)
+        step = jax.jit(syn.step)
+        for i in range(2):  # the second step sees CMI's bank empty, NAYER's Adam warm
+            work, m = step(syn_state, work, tv, state.variables, jax.random.key(4 + i))
+        syn_state, images, _ = jax.jit(syn.end)(syn_state, work)
+        if method == "cmi":  # a round later the bank holds a batch: negatives in play
+            syn_state, work = jax.jit(syn.begin)(syn_state, jax.random.key(6), 1)
+            work, m2 = step(syn_state, work, tv, state.variables, jax.random.key(7))
+            m = {**m, **{f"round2/{k}": v for k, v in m2.items()}}
         for k, v in m.items():
             results[f"{method}/{k}"] = np.asarray(v)
         results[f"{method}/images"] = parallel.fetch(images)

@@ -19,7 +19,7 @@ from stars_jax.distill import (
 from tests.test_train import _config, make_tiny_data
 
 
-@pytest.mark.parametrize("warmup,total", [(1, 10), (4, 30), (5, 5), (0, 7)])
+@pytest.mark.parametrize("warmup,total", [(1, 10), (4, 30), (5, 5)])
 def test_warmup_cosine_matches_optax(warmup, total):
     ref = optax.warmup_cosine_decay_schedule(0.0, 0.3, max(warmup, 1), max(total, warmup + 1))
     steps = jnp.arange(total + 5)
@@ -27,13 +27,30 @@ def test_warmup_cosine_matches_optax(warmup, total):
     np.testing.assert_allclose(got, jax.vmap(ref)(steps), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name,wd", [("adam", 0.0), ("sgd", 0.0), ("adam", 1e-3), ("sgd", 5e-4)])
-def test_scheduled_update_equals_optax_optimizer(name, wd):
+@pytest.mark.parametrize("floor", [0.0, 2e-4])
+def test_cosine_without_warmup_to_a_floor(floor):
+    """PyTorch's CosineAnnealingLR(T_max=total, eta_min=floor), which the reference Fast runs:
+    the peak at step 0, the floor from step ``total`` on."""
+    total, peak = 12, 0.2
+    steps = jnp.arange(total + 4)
+    got = jax.vmap(lambda s: warmup_cosine(s, peak, 0, jnp.int32(total), floor))(steps)
+    t = np.minimum(np.arange(total + 4), total)
+    want = floor + (peak - floor) * 0.5 * (1 + np.cos(np.pi * t / total))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    assert float(got[0]) == pytest.approx(peak) and float(got[-1]) == pytest.approx(floor)
+
+
+@pytest.mark.parametrize(
+    "name,wd,nesterov",
+    [("adam", 0.0, True), ("sgd", 0.0, True), ("adam", 1e-3, True), ("sgd", 5e-4, True),
+     ("sgd", 1e-4, False)],
+)  # fmt: skip
+def test_scheduled_update_equals_optax_optimizer(name, wd, nesterov):
     """Direction x scheduled lr == optax's own optimizer with the schedule inside."""
-    cfg = ml_collections.ConfigDict({"optimizer": name, "weight_decay": wd})
+    cfg = ml_collections.ConfigDict({"optimizer": name, "weight_decay": wd, "nesterov": nesterov})
     schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 2, 8)
     ref_opt = {"adam": optax.adam(schedule),
-               "sgd": optax.sgd(schedule, momentum=0.9, nesterov=True)}[name]  # fmt: skip
+               "sgd": optax.sgd(schedule, momentum=0.9, nesterov=nesterov)}[name]  # fmt: skip
     if wd:
         ref_opt = optax.chain(optax.add_decayed_weights(wd), ref_opt)
     opt = make_optimizer(cfg)
@@ -83,12 +100,14 @@ def test_time_budget_stops_the_job_and_ends_the_schedule(tiny_data, tmp_path):
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
     rounds = summary["rounds"]
     assert budget.CALIBRATION_ROUNDS < rounds < 10_000, summary
-    assert summary["kd_steps"] == rounds * c.distill.kd_steps
+    warmup = c.synth.warmup_rounds  # synthesis only: no KD step, no learning rate
+    assert summary["kd_steps"] == (rounds - warmup) * c.distill.kd_steps
     # Aimed at the budget: not far over it, and not stopped long before it.
     assert budget_s - 15 < summary["wall_seconds"] < budget_s + 10, (budget_s, summary)
     metrics = tmp_path / "run" / "metrics.jsonl"
     records = [json.loads(x) for x in metrics.read_text().splitlines()]
-    lrs = [r["kd/lr"] for r in records]
+    assert not any("kd/lr" in r for r in records[:warmup])
+    lrs = [r["kd/lr"] for r in records[warmup:]]
     assert max(lrs) == pytest.approx(c.distill.lr, rel=0.05)  # warm-up reached the peak
     assert lrs[-1] < 0.05 * c.distill.lr  # and the cosine ran out with the time
     assert records[-1]["round"] == rounds - 1 and "eval/student_top1" in records[-1]

@@ -6,7 +6,14 @@ import pytest
 from flax import traverse_util
 
 from stars_jax import data, neurons
-from stars_jax.config import base_config, load_config_file
+from stars_jax.config import (
+    FAST_TEACHER_WEIGHTS,
+    REFERENCE_SYNTH,
+    base_config,
+    load_config_file,
+    parse_arg,
+    set_method,
+)
 from stars_jax.distill import DTYPES, lif_params
 from stars_jax.models.students import STUDENTS
 from stars_jax.models.teachers import TEACHERS
@@ -36,3 +43,34 @@ def test_locked_config_rejects_unknown_keys():
     c.lock()
     with pytest.raises(AttributeError):
         c.distill.kd_step = 3
+
+
+@pytest.mark.parametrize("method", sorted(SYNTHESIZERS))
+@pytest.mark.parametrize("name", ["cifar10.py", "default.py"])
+def test_every_synthesizer_has_reference_settings(name, method):
+    path = CONFIGS[0].parent / name
+    c = load_config_file(path, method)
+    assert c.synth.method == method and _keys(c) == _keys(base_config())
+    for key, value in REFERENCE_SYNTH[method].items():
+        if key not in ("warmup_rounds", "generator_width"):  # CPU scale in default.py
+            assert c.synth[key] == value, key
+
+
+def test_fast_weights_follow_the_teacher():
+    for teacher, (a_bn, a_oh, a_adv) in FAST_TEACHER_WEIGHTS.items():
+        if teacher == "vgg11":
+            continue  # no CIFAR-10 vgg11 teacher row in configs/cifar10.py
+        c = load_config_file(CONFIGS[0].parent / "cifar10.py", f"fast,{teacher}")
+        assert (c.synth.a_bn, c.synth.a_oh, c.synth.a_adv) == (a_bn, a_oh, a_adv)
+        assert c.teacher.arch == teacher
+    with pytest.raises(ValueError, match="valid"):
+        load_config_file(CONFIGS[0].parent / "cifar10.py", "fast,resnet50")
+    with pytest.raises(ValueError, match="valid"):
+        set_method(base_config(), "gan")
+
+
+def test_parse_arg():
+    assert parse_arg(None, "fast") == ("fast", None)
+    assert parse_arg("nayer", "fast") == ("nayer", None)
+    assert parse_arg("nayer,wrn40_2", "fast") == ("nayer", "wrn40_2")
+    assert parse_arg(",wrn40_2", "fast") == ("fast", "wrn40_2")

@@ -35,7 +35,8 @@ def test_one_step_each_matches_on_1_and_8_devices(tmp_path):
     assert int(one["num_devices"]) == 1 and int(eight["num_devices"]) == 8
     keys = [k for k in one.files if k != "num_devices"]
     assert any(k.startswith("state['params']") for k in keys)
-    assert {"deepinversion/synth/bn", "fast/synth/tar", "kd/kd"} <= set(keys)
+    assert {"deepinversion/synth/bn", "fast/synth/tar", "nayer/synth/bn", "cmi/synth/cr",
+            "cmi/round2/synth/cr", "kd/kd"} <= set(keys)  # fmt: skip
     for k in keys:
         np.testing.assert_allclose(eight[k], one[k], rtol=1e-5, atol=2e-6, err_msg=k)
     # Statistics over the global batch: per-device BN (2 images each) would have given other

@@ -71,9 +71,19 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     summary = train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 6}), ref_dir)
     for name in ("config.json", "metrics.jsonl", "summary.json", "student/model.json"):
         assert (ref_dir / name).exists(), name
+    # Grids at the end of the synthesis-only warm-up (1 round) and at every evaluation.
     assert sorted(p.name for p in (ref_dir / "images").iterdir()) == [
-        "round_0002.png", "round_0004.png", "round_0006.png"
+        "round_0001.png", "round_0002.png", "round_0004.png", "round_0006.png"
     ]  # fmt: skip
+    logged = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("kd/") for k in logged[0]) and "synth/adv" not in logged[0]
+    assert "kd/loss" in logged[1] and "synth/adv" in logged[1]  # the student after warm-up
+    assert summary["kd_steps"] == 5 * 2  # 6 rounds, 1 of warm-up, 2 KD steps each
+    health = summary["synthesis"]
+    assert health["warmup_rounds"] == 1 and set(health["real_batch"]) == {
+        "teacher_acc", "class_entropy", "diversity"
+    }  # fmt: skip
+    assert 0 <= health["teacher_acc"] <= 1 and 0 <= health["bank_entropy"] <= np.log(4) + 1e-6
     assert 0.0 <= summary["student"]["top1"] <= 100.0 and summary["student"]["firing_rates"]
     assert summary["teacher"]["top1"] > 50.0  # the cached teacher learned the colours
     student = load_model_dir(ref_dir / "student")

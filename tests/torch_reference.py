@@ -212,3 +212,58 @@ def randomize_(model: nn.Module, seed: int = 0, image_size: int = 32) -> nn.Modu
         m.running_var.mul_(0.5 + torch.rand(c, generator=g))
         m.momentum = 0.1
     return model.eval()
+
+
+class FastGenerator(nn.Module):
+    """The generator of the public Fast DFKD code (``datafree/models/generator.py``), NCHW."""
+
+    def __init__(self, nz: int, ngf: int, img_size: int, nc: int):
+        super().__init__()
+        self.init_size = img_size // 4
+        self.l1 = nn.Sequential(nn.Linear(nz, ngf * 2 * self.init_size**2))
+        self.conv_blocks = nn.Sequential(
+            nn.BatchNorm2d(ngf * 2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ngf * 2, ngf * 2, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(ngf * 2),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ngf * 2, ngf, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(ngf),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ngf, nc, 3, stride=1, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z):
+        out = self.l1(z).view(z.shape[0], -1, self.init_size, self.init_size)
+        return self.conv_blocks(out)
+
+
+def bn_input_hooks(model: nn.Module) -> list:
+    """Forward hooks that keep the input of every BatchNorm2d (in forward order) in a list."""
+    store = []
+
+    def hook(module, inputs, output):
+        store.append((module, inputs[0]))
+
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.register_forward_hook(hook)
+    return store
+
+
+def deepinversion_bn_loss(store, ema=None, momentum=0.0):
+    """Fast DFKD's ``DeepInversionHook.r_feature`` summed over layers: plain L2 norms of the
+    (EMA-blended) biased batch variance and mean against the running statistics. Returns the
+    loss and the per-layer current (mean, var), detached."""
+    total, moments = 0.0, []
+    for i, (m, x) in enumerate(store):
+        mean = x.mean([0, 2, 3])
+        var = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).var(1, unbiased=False)
+        moments.append((mean.detach(), var.detach()))
+        if ema is not None:
+            mean = (1 - momentum) * mean + momentum * ema[i][0]
+            var = (1 - momentum) * var + momentum * ema[i][1]
+        total = total + torch.norm(m.running_var - var, 2) + torch.norm(m.running_mean - mean, 2)
+    return total, moments

@@ -1,0 +1,1 @@
+"""One module per synthesizer; ``stars_jax.synthesis`` is their registry."""

@@ -1,0 +1,134 @@
+"""NAYER: a class-conditional generator with a noisy layer re-drawn every round."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from stars_jax.bank import to_uint8
+from stars_jax.models.generators import NoisyLayerGenerator
+from stars_jax.objective import BNMoments, zero_moments
+from stars_jax.synthesizers.common import (
+    EMA,
+    Best,
+    Synthesizer,
+    SynthSetup,
+    balanced_labels,
+    ema_blend,
+    ema_update,
+    generator_adam,
+    init_ema,
+    keep_best,
+    no_best,
+)
+
+
+class NayerState(NamedTuple):
+    params: Any  # the persistent generator: embedding BN, noisy layers, body
+    batch_stats: Any
+    embed: jax.Array  # [K, E] label embeddings (kept across generator re-initialisations)
+    ema: EMA | None
+
+
+class NayerWork(NamedTuple):
+    train: Any  # {"g": generator params, "e": label embeddings}
+    batch_stats: Any
+    opt: Any
+    labels: jax.Array
+    moments: BNMoments | None
+    best: Best
+
+
+def make_nayer(s: SynthSetup) -> Synthesizer:
+    """NAYER (CVPR 2024): a class-conditional generator. Each sample's input is its label's
+    embedding, through a BatchNorm and a "noisy layer" (a Linear re-drawn from N(0, 1) every
+    round, one per chunk of ``num_classes`` samples) into Fast's generator body. The generator
+    persists and takes ``synth.steps`` Adam steps per round (fresh optimizer, no meta step);
+    ``synth.reinit_every`` rounds it is re-initialised (NAYER's ``g_life``). Labels are
+    balanced (each class once per chunk).
+
+    NAYER embeds class names with a CLIP text encoder; none can be downloaded here, so the
+    embeddings are N(0, 1) vectors drawn from the seed (``synth.embed='fixed'``: nearly
+    orthogonal, like unrelated class names) or such vectors trained with the generator
+    (``'learned'``), where the teacher's gradients may place similar classes nearby.
+    """
+    cfg = s.cfg
+    if cfg.embed not in ("fixed", "learned"):
+        raise ValueError(f"synth.embed must be 'fixed' or 'learned', got {cfg.embed!r}.")
+    gen = NoisyLayerGenerator(
+        tuple(s.image_shape), cfg.generator_width, cfg.latent_dim, chunk=s.num_classes
+    )
+    embed_opt = generator_adam(cfg.lr) if cfg.embed == "learned" else optax.set_to_zero()
+    opt = optax.multi_transform({"g": generator_adam(cfg.lr), "e": embed_opt}, {"g": "g", "e": "e"})
+    e0 = jnp.zeros((cfg.batch_size, cfg.embed_dim))
+
+    def init(key, teacher_vars):
+        k_g, k_e = jax.random.split(key)
+        v = gen.init(k_g, e0)
+        embed = jax.random.normal(k_e, (s.num_classes, cfg.embed_dim))
+        return NayerState(v["params"], v["batch_stats"], embed, init_ema(s))
+
+    def begin(state, key, round_):
+        k_g, k_n, k_y = jax.random.split(key, 3)
+        params, batch_stats = state.params, state.batch_stats
+        if cfg.reinit_every:
+            fresh = gen.init(k_g, e0)
+            again = round_ % cfg.reinit_every == 0
+            pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(again, u, v), a, b)
+            params = pick(fresh["params"], params)
+            batch_stats = pick(fresh["batch_stats"], batch_stats)
+        kernel = params["noise_kernel"]
+        params = {
+            **params,
+            "noise_kernel": jax.random.normal(k_n, kernel.shape, kernel.dtype),
+            "noise_bias": jnp.zeros_like(params["noise_bias"]),
+        }
+        train = {"g": params, "e": state.embed}
+        x01 = s.batch(jnp.zeros((cfg.batch_size, *s.image_shape)))
+        work = NayerWork(
+            train=train,
+            batch_stats=batch_stats,
+            opt=opt.init(train),
+            labels=s.batch(balanced_labels(k_y, cfg.batch_size, s.num_classes)),
+            moments=zero_moments(s.teacher, s.image_shape) if cfg.bn_ema else None,
+            best=no_best(x01),
+        )
+        return state._replace(params=params, batch_stats=batch_stats), work
+
+    def step(state, work, teacher_vars, student_vars, key, warmup=False):
+        def loss_fn(train):
+            x01, new_vars = gen.apply(
+                {"params": train["g"], "batch_stats": work.batch_stats},
+                s.batch(train["e"][work.labels]),
+                mutable=["batch_stats"],
+            )
+            blend = ema_blend(state.ema, cfg.bn_ema)
+            total, aux = s.loss(x01, work.labels, teacher_vars, student_vars, key, warmup, blend)
+            return total, (aux, new_vars["batch_stats"], x01)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (aux, batch_stats, x01)), g = grad_fn(work.train)
+        updates, opt_state = opt.update(g, work.opt, work.train)
+        new = NayerWork(
+            train=optax.apply_updates(work.train, updates),
+            batch_stats=batch_stats,
+            opt=opt_state,
+            labels=work.labels,
+            moments=aux.moments if cfg.bn_ema else None,
+            best=keep_best(work.best, loss, x01),
+        )
+        return new, aux.metrics
+
+    def end(state, work):
+        new_state = NayerState(
+            work.train["g"],
+            work.batch_stats,
+            work.train["e"],
+            ema_update(state.ema, work.moments, cfg.bn_ema),
+        )
+        return new_state, to_uint8(work.best.x01), work.labels
+
+    return Synthesizer(init, begin, step, end)
