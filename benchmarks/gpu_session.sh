@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
+LOGS=$OUT  # where run_job writes; the synth mode packs its many files into one archive
 G=.gpu
 PY=${PYTHON:-python3}
 
@@ -44,9 +45,10 @@ run_job() {  # name, budget seconds, extra config flags... (CONFIG: the config f
     --compilation_cache_dir=/tmp/xla --config.data.path=/tmp/data/cifar10-jpeg \
     --config.data.kind=image_folder \
     --config.teacher.dir=/tmp/teachers/cifar10_resnet34 \
-    --config.distill.time_budget_s="$secs" "$@" 2>&1 | tee "$OUT/$name.log"
-  cp "/tmp/work/$name/summary.json" "$OUT/$name.summary.json"
-  cp "/tmp/work/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl"
+    --config.distill.time_budget_s="$secs" "$@" 2>&1 | tee "$LOGS/$name.log"
+  cp "/tmp/work/$name/summary.json" "$LOGS/$name.summary.json"
+  cp "/tmp/work/$name/metrics.jsonl" "$LOGS/$name.metrics.jsonl"
+  cp "$(ls -d /tmp/work/$name/images/*.png | tail -n 1)" "$LOGS/$name.last_grid.png" || true
 }
 
 case "${1:-}" in
@@ -92,14 +94,20 @@ case "${1:-}" in
     while [ $# -gt 0 ] && [[ $1 != --* ]]; do methods+=("$1"); shift; done
     [ ${#methods[@]} -gt 0 ] || methods=(nayer fast)
     export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45}  # two jobs share the card
+    LOGS=/tmp/synth_runs
+    rm -rf "$LOGS" /tmp/work/synth_*
+    mkdir -p "$LOGS"
     for m in "${methods[@]}"; do
       CONFIG="configs/cifar10.py:$m" run_job "synth_${m}_base" "$secs" --config.synth.l_rca=0 \
         --config.synth.l_tar=0 --config.distill.b_rca=0 "$@" > /dev/null &
       CONFIG="configs/cifar10.py:$m" run_job "synth_${m}_stars" "$secs" "$@" > /dev/null &
       wait
-      tail -n 1 "$OUT/synth_${m}_base.log" "$OUT/synth_${m}_stars.log"
+      tail -n 1 "$LOGS/synth_${m}_base.log" "$LOGS/synth_${m}_stars.log"
+      # After every pair, so that a command cut short still returns what finished.
+      $PY benchmarks/synth_table.py "$LOGS"/synth_*.summary.json > "$OUT/synth_table.md" || true
+      tar -czf "$OUT/synth_runs.tar.gz" -C "$LOGS" .  # logs, metrics, summaries, last grids
     done
-    $PY benchmarks/synth_table.py "$OUT"/synth_*.summary.json | tee "$OUT/synth_table.md"
+    cat "$OUT/synth_table.md"
     ;;
   *)
     sed -n "2,/^set -euo/p" "$0" | grep "^#" >&2

@@ -40,7 +40,15 @@ def table(summaries: list[dict]) -> str:
             f"| real test batch | | | | | {real['teacher_acc']:.3f} | "
             f"{real['class_entropy']:.3f} | {real['diversity']:.3f} | | |"
         )
-    return "\n".join(rows) + "\n"
+    seeds = sorted({s["seed"] for s in summaries})
+    budgets = sorted({s["time_budget_s"] for s in summaries})
+    teachers = sorted({f"{s['teacher']['arch']} ({s['teacher']['top1']:.2f} %)" for s in summaries})
+    head = (
+        f"{summaries[0]['dataset']}; teacher {', '.join(teachers)}; student "
+        f"{summaries[0]['student']['arch']} T={summaries[0]['student']['time_steps']}; seeds "
+        f"{seeds}; time budgets {budgets} s\n\n"
+    )
+    return head + "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """CIFAR-10: a converted ANN teacher distilled into a spiking resnet18 (T=4), STARS on.
 
-Argument ``METHOD[,TEACHER]`` (both optional): the synthesizer (fast, nayer, cmi,
-deepinversion; default fast) with its reference settings, and the teacher (resnet34, default,
-or wrn40_2). Set-up (once): convert the teacher checkpoint into a model directory:
+Argument ``METHOD[,TEACHER]`` (both optional): the synthesizer (nayer, the default, fast, cmi,
+deepinversion) with its reference settings and what measurements changed in them
+(stars_jax/config.py), and the teacher (resnet34, the default, or wrn40_2). Set-up (once): convert the teacher checkpoint into a model directory:
   python -m stars_jax.convert --arch resnet34 --num_classes 10 \
       --checkpoint ../shared/teachers/cifar10_resnet34_fp16.pth --out teachers/cifar10_resnet34
 Command:
@@ -21,7 +21,7 @@ TEACHERS = {"resnet34": "teachers/cifar10_resnet34", "wrn40_2": "teachers/cifar1
 
 
 def get_config(arg=None):
-    method, teacher = parse_arg(arg, "fast")
+    method, teacher = parse_arg(arg, "nayer")
     teacher = teacher or "resnet34"
     if teacher not in TEACHERS:
         raise ValueError(

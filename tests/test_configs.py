@@ -8,6 +8,7 @@ from flax import traverse_util
 from stars_jax import data, neurons
 from stars_jax.config import (
     FAST_TEACHER_WEIGHTS,
+    MEASURED_SYNTH,
     REFERENCE_SYNTH,
     base_config,
     load_config_file,
@@ -51,9 +52,13 @@ def test_every_synthesizer_has_reference_settings(name, method):
     path = CONFIGS[0].parent / name
     c = load_config_file(path, method)
     assert c.synth.method == method and _keys(c) == _keys(base_config())
-    for key, value in REFERENCE_SYNTH[method].items():
+    want = {**REFERENCE_SYNTH[method], **MEASURED_SYNTH.get(method, {})}
+    for key, value in want.items():
         if key not in ("warmup_rounds", "generator_width"):  # CPU scale in default.py
             assert c.synth[key] == value, key
+    ref = set_method(base_config(), method, reference=True)
+    for key, value in REFERENCE_SYNTH[method].items():
+        assert ref.synth[key] == value, key
 
 
 def test_fast_weights_follow_the_teacher():
