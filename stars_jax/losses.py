@@ -176,12 +176,25 @@ def kd_loss(teacher_logits, student_logits_t, temperature, per_time_step=False) 
 # -------------------------------------------------------------------------------------- RCA
 
 
-def relation_matrix(r, eps=1e-8) -> Array:
+# The row normalisation's gradient is (I - u u^T) / ||r|| (u = r / ||r||): it grows without
+# bound as a row fades. An untrained spiking student can output faint, identical logits (no
+# spike reaches the classifier yet; its bias is a few SGD steps old): with the exact gradient,
+# D_rel's push on them was ~1e4 times the KD term's and blew the student up in its first KD
+# round (H200, 2026-11-27, CIFAR-10 resnet34 -> spiking resnet18, both synthesizers, STARS on;
+# not seen before because collapsed synthetic batches made G_T ~ G_S). The forward value stays
+# the exact cosine; the backward divides by max(||r||, RCA_GRAD_FLOOR) instead, which changes
+# nothing for rows at least that long (logits of a trained network are far longer).
+RCA_GRAD_FLOOR = 1.0
+
+
+def relation_matrix(r, eps=1e-8, grad_floor=RCA_GRAD_FLOOR) -> Array:
     """Cosine relation matrix of a batch of representations.
 
     Args:
       r: `[B, D]` (or `[B, ...]`, flattened per sample).
-      eps: rows with norm < eps are divided by eps instead (a zero row gives a zero row).
+      eps: rows with norm <= eps are zero rows (zero gradient).
+      grad_floor: the normalisation's backward uses max(||r||, grad_floor) for ||r||, which
+        caps the push on faint rows (see RCA_GRAD_FLOOR); 0 gives the exact gradient.
 
     Returns:
       `[B, B]` matrix G = R R^T of the L2-row-normalised R.
@@ -189,13 +202,21 @@ def relation_matrix(r, eps=1e-8) -> Array:
     r = _upcast(r)
     r = r.reshape(r.shape[0], -1)
     sq = jnp.sum(jnp.square(r), axis=-1, keepdims=True)
-    rn = r * jax.lax.rsqrt(jnp.maximum(sq, eps**2))
+    ok = sq > eps**2
+    norm = jnp.sqrt(jnp.where(ok, sq, 1.0))
+    rn = jnp.where(ok, r / norm, 0.0)
+    if grad_floor:
+        # Same value as rn; gradient (I - u u^T) / max(||r||, grad_floor) through live rows.
+        u, delta = jax.lax.stop_gradient(rn), r - jax.lax.stop_gradient(r)
+        tangent = delta - u * jnp.sum(u * delta, axis=-1, keepdims=True)
+        scale = jax.lax.stop_gradient(jnp.maximum(norm, grad_floor))
+        rn = u + jnp.where(ok, tangent / scale, 0.0)
     # HIGHEST: accelerators' default matmul precision (bf16/tf32 passes) would put ~1e-3 noise
     # on entries whose differences are the whole signal of D_rel.
     return jnp.matmul(rn, rn.T, precision=jax.lax.Precision.HIGHEST)
 
 
-def relational_discrepancy(r_t, r_s, eps=1e-8) -> Array:
+def relational_discrepancy(r_t, r_s, eps=1e-8, grad_floor=RCA_GRAD_FLOOR) -> Array:
     """D_rel = ||G_T - G_S||_F^2 / B^2.
 
     Args:
@@ -209,7 +230,7 @@ def relational_discrepancy(r_t, r_s, eps=1e-8) -> Array:
     if r_t.shape[0] != r_s.shape[0]:
         raise ValueError(f"batch sizes differ: {r_t.shape[0]} vs {r_s.shape[0]}")
     b = r_t.shape[0]
-    diff = relation_matrix(r_t, eps) - relation_matrix(r_s, eps)
+    diff = relation_matrix(r_t, eps, grad_floor) - relation_matrix(r_s, eps, grad_floor)
     return jnp.sum(jnp.square(diff)) / b**2
 
 

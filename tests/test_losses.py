@@ -224,6 +224,29 @@ def test_relation_matrix_properties():
     assert np.all(np.isfinite(grad))
 
 
+def test_rca_gradient_is_exact_for_long_rows_and_capped_for_faint_ones():
+    """An untrained spiking student can output faint, identical logits: D_rel must not push
+    them ~1/||r|| hard (it blew a CIFAR-10 student up), yet keep the exact cosine gradient
+    for rows as long as real logits."""
+    b = 8
+    rt = jnp.asarray(RNG.standard_normal((b, 10)).astype(np.float32)) * 5
+    d = lambda s, floor=L.RCA_GRAD_FLOOR: L.relational_discrepancy(rt, s, grad_floor=floor)
+    long_rows = jnp.asarray(RNG.standard_normal((b, 10)).astype(np.float32)) * 3  # norms ~ 9
+    np.testing.assert_allclose(jax.grad(d)(long_rows), jax.grad(d)(long_rows, 0.0), rtol=1e-5)
+    # Faint rows (a student whose logits have barely left 0): the exact gradient is huge, the
+    # capped one at most ~8 / B per entry (|dD/du| <= 8 / B, divided by max(||r||, 1) = 1).
+    faint = jnp.asarray(RNG.standard_normal((b, 10)).astype(np.float32)) * 1e-4
+    np.testing.assert_allclose(d(faint), d(faint, 0.0), rtol=1e-6)  # same value
+    exact, capped = jax.grad(d)(faint, 0.0), jax.grad(d)(faint)
+    assert float(jnp.abs(exact).max()) > 100 and float(jnp.abs(capped).max()) < 8 / b
+    # Zero rows are zero rows of G with no gradient; the others are unaffected.
+    mixed = long_rows.at[3].set(0.0)
+    g = jax.grad(d)(mixed)
+    np.testing.assert_array_equal(g[3], 0.0)
+    assert np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0
+    np.testing.assert_array_equal(L.relation_matrix(mixed)[3], 0.0)
+
+
 def test_relational_discrepancy_invariances_and_bounds():
     b = 6
     rt = RNG.standard_normal((b, 8)).astype(np.float32)

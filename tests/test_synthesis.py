@@ -338,3 +338,42 @@ def test_round_without_kd_leaves_student_bit_identical(nets):
     (st3, _, _), out = run_round(steps, (st2, syn_state, bank), tv, jax.random.key(8), 1, 1, 2)
     assert not np.allclose(before.params["fc"]["kernel"], st3.params["fc"]["kernel"])
     assert np.isfinite(out.metrics["kd/loss"]) and "synth/bn" in out.metrics
+
+
+def test_kd_step_with_rca_survives_a_faint_student(nets):
+    """A student whose logits have barely left 0 (few spikes reach its classifier yet): the KD
+    step with RCA (b_rca = 1) must stay KD-sized (the exact cosine gradient made it ~1e4 times
+    larger and blew a CIFAR-10 student up in its first KD round)."""
+    from stars_jax.distill import kd_step
+
+    teacher, tv, student, _ = nets
+    cfg = get_config()
+    cfg.distill.optimizer = "sgd"
+    opt = make_optimizer(cfg.distill)
+    st = init_train_state(student, opt, jax.random.key(30), SHAPE, 10)
+    fc = {"kernel": 1e-4 * st.params["fc"]["kernel"], "bias": 0 * st.params["fc"]["bias"]}
+    st = st.replace(params={**st.params, "fc": fc})
+    silent = student
+    images = jax.random.randint(jax.random.key(31), (8, *SHAPE), 0, 256).astype(jnp.uint8)
+    norms = {}
+    for b_rca in (0.0, 1.0):
+        ctx = KDContext(
+            teacher,
+            silent,
+            opt,
+            MEAN,
+            STD,
+            20.0,
+            False,
+            b_rca,
+            "logits",
+            0,
+            False,
+            lr=0.2,
+            warmup_steps=0,
+            num_classes=K,
+        )
+        step = jax.jit(lambda s, x, k, c=ctx: kd_step(c, s, tv, x, k))
+        _, m = step(st, images, jax.random.key(32))
+        norms[b_rca] = float(m["kd/grad_norm"])
+    assert np.isfinite(norms[1.0]) and norms[1.0] < 2 * norms[0.0], norms
