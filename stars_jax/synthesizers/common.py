@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stars_jax.objective import BNMoments, crop_flip, synthesis_loss, update_ema, zero_moments
+from stars_jax.objective import (
+    BNMoments,
+    SynthAux,
+    crop_flip,
+    synthesis_loss,
+    update_ema,
+    zero_moments,
+)
 from stars_jax.parallel import constrain
 
 
@@ -122,3 +129,46 @@ def ema_update(ema: EMA | None, last: BNMoments, momentum: float) -> EMA | None:
 
 def generator_adam(lr):
     return optax.adam(lr, b1=0.5, b2=0.999)  # the references' betas for generators
+
+
+class GeneratorStep(NamedTuple):
+    trainable: Any  # after the Adam step
+    opt: Any
+    batch_stats: Any  # the generator's BN statistics after its forward pass
+    loss: jax.Array  # L_syn of the images before the step
+    x01: jax.Array  # those images, [B, H, W, C] in [0, 1]
+    aux: SynthAux
+    grads: Any  # of L_syn with respect to ``trainable``
+
+
+def generator_step(
+    s: SynthSetup,
+    gen,
+    optimizer,
+    trainable,
+    opt_state,
+    batch_stats,
+    gen_input,
+    labels,
+    ema,
+    teacher_vars,
+    student_vars,
+    key,
+    warmup,
+) -> GeneratorStep:
+    """One Adam step on L_syn of a generator's images; ``trainable["g"]`` holds the generator's
+    params, ``gen_input(trainable)`` its input (latents, label embeddings)."""
+
+    def loss_fn(tr):
+        x01, new_vars = gen.apply(
+            {"params": tr["g"], "batch_stats": batch_stats}, gen_input(tr), mutable=["batch_stats"]
+        )
+        blend = ema_blend(ema, s.cfg.bn_ema)
+        total, aux = s.loss(x01, labels, teacher_vars, student_vars, key, warmup, blend)
+        return total, (aux, new_vars["batch_stats"], x01)
+
+    (loss, (aux, new_stats, x01)), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, opt_state = optimizer.update(g, opt_state, trainable)
+    return GeneratorStep(
+        optax.apply_updates(trainable, updates), opt_state, new_stats, loss, x01, aux, g
+    )

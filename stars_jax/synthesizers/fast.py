@@ -16,9 +16,9 @@ from stars_jax.synthesizers.common import (
     Best,
     Synthesizer,
     SynthSetup,
-    ema_blend,
     ema_update,
     generator_adam,
+    generator_step,
     init_ema,
     keep_best,
     no_best,
@@ -101,29 +101,31 @@ def make_fast(s: SynthSetup) -> Synthesizer:
         return state._replace(params=params), work
 
     def step(state, work, teacher_vars, student_vars, key, warmup=False):
-        def loss_fn(fast):
-            x01, new_vars = gen.apply(
-                {"params": fast["g"], "batch_stats": work.batch_stats},
-                fast["z"],
-                mutable=["batch_stats"],
-            )
-            blend = ema_blend(state.ema, cfg.bn_ema)
-            total, aux = s.loss(x01, work.labels, teacher_vars, student_vars, key, warmup, blend)
-            return total, (aux, new_vars["batch_stats"], x01)
-
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (aux, batch_stats, x01)), g = grad_fn(work.fast)
-        updates, opt_state = inner.update(g, work.opt, work.fast)
-        new = FastWork(
-            fast=optax.apply_updates(work.fast, updates),
-            batch_stats=batch_stats,
-            opt=opt_state,
-            labels=work.labels,
-            meta_grad=_accumulate(work.meta_grad, g["g"]),
-            moments=aux.moments if cfg.bn_ema else None,
-            best=keep_best(work.best, loss, x01),
+        r = generator_step(
+            s,
+            gen,
+            inner,
+            work.fast,
+            work.opt,
+            work.batch_stats,
+            lambda tr: tr["z"],
+            work.labels,
+            state.ema,
+            teacher_vars,
+            student_vars,
+            key,
+            warmup,
         )
-        return new, aux.metrics
+        new = FastWork(
+            fast=r.trainable,
+            batch_stats=r.batch_stats,
+            opt=r.opt,
+            labels=work.labels,
+            meta_grad=_accumulate(work.meta_grad, r.grads["g"]),
+            moments=r.aux.moments if cfg.bn_ema else None,
+            best=keep_best(work.best, r.loss, r.x01),
+        )
+        return new, r.aux.metrics
 
     def end(state, work):
         start, adapted = state.params, work.fast["g"]

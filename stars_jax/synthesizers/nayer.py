@@ -17,9 +17,9 @@ from stars_jax.synthesizers.common import (
     Synthesizer,
     SynthSetup,
     balanced_labels,
-    ema_blend,
     ema_update,
     generator_adam,
+    generator_step,
     init_ema,
     keep_best,
     no_best,
@@ -99,28 +99,31 @@ def make_nayer(s: SynthSetup) -> Synthesizer:
         return state._replace(params=params, batch_stats=batch_stats), work
 
     def step(state, work, teacher_vars, student_vars, key, warmup=False):
-        def loss_fn(train):
-            x01, new_vars = gen.apply(
-                {"params": train["g"], "batch_stats": work.batch_stats},
-                s.batch(train["e"][work.labels]),
-                mutable=["batch_stats"],
-            )
-            blend = ema_blend(state.ema, cfg.bn_ema)
-            total, aux = s.loss(x01, work.labels, teacher_vars, student_vars, key, warmup, blend)
-            return total, (aux, new_vars["batch_stats"], x01)
-
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (aux, batch_stats, x01)), g = grad_fn(work.train)
-        updates, opt_state = opt.update(g, work.opt, work.train)
-        new = NayerWork(
-            train=optax.apply_updates(work.train, updates),
-            batch_stats=batch_stats,
-            opt=opt_state,
-            labels=work.labels,
-            moments=aux.moments if cfg.bn_ema else None,
-            best=keep_best(work.best, loss, x01),
+        embed = lambda tr: s.batch(tr["e"][work.labels])
+        r = generator_step(
+            s,
+            gen,
+            opt,
+            work.train,
+            work.opt,
+            work.batch_stats,
+            embed,
+            work.labels,
+            state.ema,
+            teacher_vars,
+            student_vars,
+            key,
+            warmup,
         )
-        return new, aux.metrics
+        new = NayerWork(
+            train=r.trainable,
+            batch_stats=r.batch_stats,
+            opt=r.opt,
+            labels=work.labels,
+            moments=r.aux.moments if cfg.bn_ema else None,
+            best=keep_best(work.best, r.loss, r.x01),
+        )
+        return new, r.aux.metrics
 
     def end(state, work):
         new_state = NayerState(
