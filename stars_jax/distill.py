@@ -204,7 +204,7 @@ def make_round_steps(synthesizer, ctx: KDContext, batch_size: int) -> RoundSteps
     if synthesizer is None:  # real_data mode
         return RoundSteps(None, None, None, None, kd)
     return RoundSteps(
-        syn_begin=jax.jit(synthesizer.begin),
+        syn_begin=jax.jit(synthesizer.begin, donate_argnums=0),
         syn_step=jax.jit(synthesizer.step, donate_argnums=1, static_argnames="warmup"),
         syn_end=jax.jit(synthesizer.end, donate_argnums=0),
         add_synthetic=jax.jit(functools.partial(add_synthetic, ctx), donate_argnums=0),

@@ -232,7 +232,9 @@ def test_rca_gradient_is_exact_for_long_rows_and_capped_for_faint_ones():
     rt = jnp.asarray(RNG.standard_normal((b, 10)).astype(np.float32)) * 5
     d = lambda s, floor=L.RCA_GRAD_FLOOR: L.relational_discrepancy(rt, s, grad_floor=floor)
     long_rows = jnp.asarray(RNG.standard_normal((b, 10)).astype(np.float32)) * 3  # norms ~ 9
-    np.testing.assert_allclose(jax.grad(d)(long_rows), jax.grad(d)(long_rows, 0.0), rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.grad(d)(long_rows), jax.grad(d)(long_rows, 0.0), rtol=1e-4, atol=1e-7
+    )  # two float32 formulas of one gradient
     # Faint rows (a student whose logits have barely left 0): the exact gradient is huge, the
     # capped one at most ~8 / B per entry (|dD/du| <= 8 / B, divided by max(||r||, 1) = 1).
     faint = jnp.asarray(RNG.standard_normal((b, 10)).astype(np.float32)) * 1e-4

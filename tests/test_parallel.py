@@ -88,9 +88,20 @@ def test_two_processes_agree_with_one(tiny_setup):
     assert "8 device(s) in 2 process(es)" in logs[0]
     multi = json.loads((root / "multi0.json").read_text())
     assert not (root / "multi1.json").exists()  # only process 0 writes
-    for k, v in ref["last"].items():
-        if k != "time":
-            np.testing.assert_allclose(multi["last"][k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+    # Round 1 (the first KD round) must agree to float precision. Later rounds drift: the
+    # bank stores uint8 images, so ~1e-6 differences in the generator (other reduction order
+    # over 8 devices) flip some pixels by one level, and a spiking student turns such flips
+    # into spike flips. So later rounds get the same schedule and a loose match only.
+    rows = {name: [json.loads(line) for line in (root / name / "metrics.jsonl").open()]
+            for name in ("single", "multi")}  # fmt: skip
+    assert [r["round"] for r in rows["multi"]] == [r["round"] for r in rows["single"]]
+    for a, b in zip(rows["single"], rows["multi"], strict=True):
+        assert a.keys() == b.keys()
+        for k in a.keys() - {"time"}:
+            tight = a["round"] <= 1 or k in ("round", "kd/lr")
+            rtol, atol = (1e-4, 1e-5) if tight else (0.3, 0.05)
+            np.testing.assert_allclose(b[k], a[k], rtol, atol, err_msg=f"round {a['round']}: {k}")
+    assert multi["last"]["round"] == ref["last"]["round"] == 3
 
 
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])

@@ -66,16 +66,19 @@ def _synth(nets, cfg):
 
 
 def _round(nets, syn, state, key, round_=0, steps=3, warmup=False):
-    """begin, ``steps`` steps, end; returns (state, images, labels, per-step losses, work)."""
+    """begin, ``steps`` steps, end, jitted and donated as ``distill.make_round_steps`` does
+    (a state holding one buffer twice fails there); returns (state, images, labels, per-step
+    losses, the last work)."""
     _, tv, _, sv = nets
-    state, work = jax.jit(syn.begin)(state, key, round_)
-    step = jax.jit(syn.step, static_argnames="warmup")
+    state, work = jax.jit(syn.begin, donate_argnums=0)(state, key, round_)
+    step = jax.jit(syn.step, donate_argnums=1, static_argnames="warmup")
     history = []
     for i in range(steps):
         work, m = step(state, work, tv, sv, jax.random.fold_in(key, i + 1), warmup=warmup)
         history.append(float(m["synth/loss"]))
-    state, images, labels = jax.jit(syn.end)(state, work)
-    return state, images, labels, history, work
+    last = jax.tree.map(jnp.copy, work)
+    state, images, labels = jax.jit(syn.end, donate_argnums=0)(state, work)
+    return state, images, labels, history, last
 
 
 def test_loss_is_the_weighted_sum_of_its_terms(nets):
@@ -125,6 +128,11 @@ def test_stage_last_selection():
     assert select_layers(names, "all") == list(range(6))
     with pytest.raises(ValueError, match="stage_last"):
         select_layers(names, "last")
+
+
+def _copy(tree):
+    """A copy to keep when a round donates the original."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def _cfg_for(method):
@@ -184,11 +192,11 @@ def test_fast_meta_state_persists_and_ema_fills(nets):
     syn = _synth(nets, _cfg("fast"))
     state = syn.init(jax.random.key(10), tv)
     assert not bool(state.ema.ready)
-    s1, *_ = _round(nets, syn, state, jax.random.key(11), warmup=True)
+    s1, *_ = _round(nets, syn, _copy(state), jax.random.key(11), warmup=True)
     assert bool(s1.ema.ready)
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.params, s1.params)
     assert all(jax.tree.leaves(moved))  # the meta step moved every generator weight
-    s2, *_ = _round(nets, syn, s1, jax.random.key(12), round_=1)
+    s2, *_ = _round(nets, syn, _copy(s1), jax.random.key(12), round_=1)
     # The second round's batch moments blend into the EMA (0.9 old + 0.1 new).
     m1, m2 = np.asarray(s1.ema.moments.means[0]), np.asarray(s2.ema.moments.means[0])
     assert not np.allclose(m1, m2)
@@ -205,7 +213,7 @@ def test_nayer_noisy_layer_embeddings_and_reinit(nets, embed):
     _, tv, _, _ = nets
     syn = _synth(nets, _cfg("nayer", embed=embed, reinit_every=3))
     state = syn.init(jax.random.key(13), tv)
-    s1, images, labels, _, work = _round(nets, syn, state, jax.random.key(14), round_=1)
+    s1, images, labels, _, work = _round(nets, syn, _copy(state), jax.random.key(14), round_=1)
     np.testing.assert_array_equal(labels, np.arange(8) % K)  # two chunks of the K classes
     changed = not np.allclose(s1.embed, state.embed)
     assert changed == (embed == "learned")
@@ -268,11 +276,11 @@ def test_cmi_bank_fills_and_negatives_are_valid_rows(nets):
     syn = _synth(nets, cfg)
     state = syn.init(jax.random.key(18), tv)
     assert int(state.count) == 0
-    s1, *_, work = _round(nets, syn, state, jax.random.key(19), steps=2)
+    s1, *_, work = _round(nets, syn, _copy(state), jax.random.key(19), steps=2)
     assert int(s1.count) == 8 and int(s1.cursor) == 8
     np.testing.assert_array_equal(s1.feats[:8], work.best_feats)
     assert not np.allclose(s1.feats[:8], 0) and np.allclose(s1.feats[8:], 0)
-    s2, *_ = _round(nets, syn, s1, jax.random.key(20), steps=2)
+    s2, *_ = _round(nets, syn, _copy(s1), jax.random.key(20), steps=2)
     s3, *_ = _round(nets, syn, s2, jax.random.key(21), steps=2)
     assert int(s3.count) == 24 and int(s3.cursor) == 0  # the ring wrapped
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.head, s3.head)

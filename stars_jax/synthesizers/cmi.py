@@ -97,8 +97,8 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
     def init(key, teacher_vars):
         hp = head.init(key, jnp.zeros((2, dim)))["params"]
         feats = jnp.zeros((cfg.cmi_bank_size, 2 * dim), jnp.float32)
-        zero = jnp.zeros((), jnp.int32)
-        return CMIState(hp, head_opt.init(hp), feats, zero, zero)
+        count, cursor = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)  # distinct: donated
+        return CMIState(hp, head_opt.init(hp), feats, count, cursor)
 
     def begin(state, key, round_):
         k_g, k_r, k_z, k_y = jax.random.split(key, 4)
