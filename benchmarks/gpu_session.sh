@@ -13,6 +13,9 @@
 #   bash benchmarks/gpu_session.sh dtype float32 300    #   the same budget in each dtype
 #   bash benchmarks/gpu_session.sh synth 240 nayer fast  # per synthesizer, baseline and STARS
 #     side by side on the card (two jobs at a time), then one table: $OUT/synth_table.md
+#   bash benchmarks/gpu_session.sh sweep 240 0-1 [sweep args]  # STARS vs baseline, paired
+#     over seeds 0-1 (stars_jax.sweep, 2 jobs at a time: ~9 min); --variant/--grid replace
+#     the default pair; rerun on the warm machine with more seeds and finished runs are kept
 # Extra --config.x=... flags after the seconds go to the job (a CPU smoke run of this script
 # shrinks the models and batches with them). A budget run's seconds count the whole job
 # (teacher conversion excluded); a command may run 600 s, so 540 leaves room for set-up. The 10-minute run does not fit one
@@ -108,6 +111,24 @@ case "${1:-}" in
       tar -czf "$OUT/synth_runs.tar.gz" -C "$LOGS" .  # logs, metrics, summaries, last grids
     done
     cat "$OUT/synth_table.md"
+    ;;
+  sweep)
+    setup
+    secs=${2:?seconds per run}
+    seeds=${3:?seeds, e.g. 0-1}
+    shift 3
+    export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45} JAX_COMPILATION_CACHE_DIR=/tmp/xla
+    pair=(--variant 'base:synth.l_rca=0,synth.l_tar=0,distill.b_rca=0' --variant 'stars:')
+    [[ " $* " == *" --variant"* ]] && pair=()
+    rc=0
+    $PY -m stars_jax.sweep --config "${CONFIG:-configs/cifar10.py}" --workdir /tmp/sweep \
+      --seeds "$seeds" --parallel "${PARALLEL:-2}" "${pair[@]}" \
+      --config.data.path=/tmp/data/cifar10-jpeg --config.data.kind=image_folder \
+      --config.teacher.dir=/tmp/teachers/cifar10_resnet34 \
+      --config.distill.time_budget_s="$secs" "$@" 2>&1 | tee "$OUT/sweep.log" || rc=$?
+    cp /tmp/sweep/sweep.json /tmp/sweep/sweep.md "$OUT/" || true
+    tar -czf "$OUT/sweep_runs.tar.gz" -C /tmp/sweep --exclude=checkpoints --exclude=student runs
+    exit $rc
     ;;
   *)
     sed -n "2,/^set -euo/p" "$0" | grep "^#" >&2

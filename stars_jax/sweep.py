@@ -1,0 +1,331 @@
+"""Ablation runner: every variant x seed as its own main job, then paired statistics.
+
+  python -m stars_jax.sweep --config configs/default.py --workdir workdirs/sweep \
+      --variant 'base:synth.l_rca=0,synth.l_tar=0,distill.b_rca=0' --variant stars: \
+      --grid 'synth.rca_sign=-1,1' --seeds 0-7 --parallel 2 [--config.x=...]
+
+Variants are the named ``--variant NAME:KEY=V,...`` sets (default: one, named ``run``) crossed
+with every ``--grid KEY=V1,V2,...`` axis. Each run is ``python -m stars_jax.main`` in
+``WORKDIR/runs/VARIANT/seedK`` with ``--config.seed=K``, the shared ``--config.*`` overrides and
+the variant's own; a run whose ``summary.json`` exists is skipped and an interrupted one resumes
+from its checkpoint, so rerunning the same command finishes a sweep. Runs start seed by seed,
+the variants of one seed side by side, so that paired runs share the machine's load.
+
+``sweep.json`` and ``sweep.md`` then give, per variant, mean, standard deviation and n of the
+metric (``--metric``, a dotted path into summary.json) and the paired difference to the
+reference variant (``--reference``, default the first) over the seeds both finished, with a
+95 % Student-t confidence interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[tuple[str, str], ...]  # (config key, value as given on the command line)
+
+
+def _split_values(text: str) -> list[str]:
+    """'a,b,(1,2)' -> ['a', 'b', '(1,2)']: commas inside brackets or parentheses stay."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch in "([") - (ch in ")]")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return out
+
+
+def _check_key(key: str, where: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", key):
+        raise ValueError(f"{where}: {key!r} is not a config key like 'synth.l_rca'.")
+    return key
+
+
+def parse_grid(spec: str) -> tuple[str, list[str]]:
+    """'synth.rca_sign=-1,1' -> ('synth.rca_sign', ['-1', '1'])."""
+    key, sep, values = spec.partition("=")
+    values = [v for v in _split_values(values) if v] if sep else []
+    if not values:
+        raise ValueError(f"--grid {spec!r}: expected KEY=V1,V2,... e.g. 'synth.l_tar=0,1'.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--grid {spec!r}: a value is repeated.")
+    return _check_key(key.strip(), f"--grid {spec!r}"), values
+
+
+def parse_variant(spec: str) -> Variant:
+    """'base:synth.l_rca=0,distill.b_rca=0' -> Variant('base', ...); 'stars:' has no overrides."""
+    name, sep, rest = spec.partition(":")
+    if not sep or not re.fullmatch(r"[\w.+-]+", name):
+        raise ValueError(
+            f"--variant {spec!r}: expected NAME:KEY=V,KEY=V,... (NAME of letters, digits, "
+            "'_.+-'; 'NAME:' for no overrides), e.g. 'base:synth.l_rca=0,synth.l_tar=0'."
+        )
+    overrides = []
+    for item in _split_values(rest) if rest.strip() else []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--variant {spec!r}: {item!r} is not KEY=VALUE.")
+        overrides.append((_check_key(key.strip(), f"--variant {spec!r}"), value.strip()))
+    return Variant(name, tuple(overrides))
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0-7' -> 0..7; '0,3,5' -> [0, 3, 5]; '0-2,9' -> [0, 1, 2, 9]."""
+    seeds = []
+    try:
+        for part in spec.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    except ValueError:
+        raise ValueError(f"--seeds {spec!r}: expected e.g. '0-7' or '0,3,5'.") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {spec!r}: no seeds, or a seed twice.")
+    return seeds
+
+
+def expand(variants: list[Variant], grids: list[tuple[str, list[str]]]) -> list[Variant]:
+    """Named variants x the product of the grid axes; names say the grid values."""
+    out = []
+    for v in variants:
+        for combo in itertools.product(*(values for _, values in grids)):
+            assign = tuple((key, val) for (key, _), val in zip(grids, combo, strict=True))
+            name = ",".join([v.name] * bool(v.name) + [f"{k}={x}" for k, x in assign])
+            out.append(Variant(name or "run", v.overrides + assign))
+    names = [v.name for v in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Two variants share a name: {names}.")
+    return out
+
+
+def run_dir(workdir: Path, variant: Variant, seed: int) -> Path:
+    slug = re.sub(r"[^\w.+=-]+", "_", variant.name)
+    return workdir / "runs" / slug / f"seed{seed}"
+
+
+def command(config: str, rdir: Path, seed: int, variant: Variant, shared: list[str], module):
+    return [
+        sys.executable,
+        "-m",
+        module,
+        f"--config={config}",
+        f"--workdir={rdir}",
+        f"--config.seed={seed}",
+        *shared,
+        *(f"--config.{k}={v}" for k, v in variant.overrides),
+    ]
+
+
+def read_metric(summary: dict, path: str) -> float:
+    value = summary
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"--metric {path!r}: summary.json has no {part!r} there.")
+        value = value[part]
+    return float(value)
+
+
+def interval(x: np.ndarray, level=0.95) -> tuple[float, float, float]:
+    """Mean of x and its two-sided Student-t confidence interval (nan bounds for n < 2)."""
+    x = np.asarray(x, np.float64)
+    mean = float(x.mean()) if x.size else float("nan")
+    if x.size < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return mean, mean - half, mean + half
+
+
+def summarize(results: dict[str, dict[int, float]], reference: str) -> list[dict]:
+    """Per variant: n, mean, std and the paired difference to ``reference`` over shared seeds."""
+    rows, ref = [], results.get(reference, {})
+    for name, by_seed in results.items():
+        x = np.array([by_seed[s] for s in sorted(by_seed)])
+        row = {
+            "variant": name,
+            "n": len(x),
+            "mean": float(x.mean()) if len(x) else None,
+            "std": float(x.std(ddof=1)) if len(x) > 1 else None,
+            "values": {str(s): by_seed[s] for s in sorted(by_seed)},
+        }
+        shared = sorted(set(by_seed) & set(ref))
+        if name != reference and shared:
+            d = np.array([by_seed[s] - ref[s] for s in shared])
+            mean, lo, hi = interval(d)
+            row["paired"] = {
+                "n": len(d),
+                "mean": mean,
+                "ci95": [lo, hi],
+                "wins": int((d > 0).sum()),
+                "seeds": shared,
+            }
+        rows.append(row)
+    return rows
+
+
+def _fmt(x, digits=2):
+    return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def markdown(rows: list[dict], reference: str, metric: str, header: str) -> str:
+    lines = [
+        header,
+        "",
+        f"Metric `{metric}`; paired differences against `{reference}` over the "
+        "seeds both finished, with 95 % Student-t intervals.",
+        "",
+        "| variant | n | mean | std | paired diff | 95 % CI | wins |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        p = r.get("paired")
+        if p:
+            diff = (
+                _fmt(p["mean"]),
+                f"[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]",
+                f"{p['wins']}/{p['n']}",
+            )
+        else:
+            diff = ("(reference)" if r["variant"] == reference else "no shared seeds", "", "")
+        lines.append(
+            f"| {r['variant']} | {r['n']} | {_fmt(r['mean'])} | {_fmt(r['std'])} | "
+            f"{' | '.join(diff)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _run_one(job):
+    """Runs one main job (its output to log.txt beside it); returns (rc, seconds)."""
+    rdir, cmd, env = job
+    rdir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(rdir / "log.txt", "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    return rc, time.time() - start
+
+
+def run_sweep(args, shared: list[str]) -> int:
+    workdir = Path(args.workdir)
+    variants = expand(
+        [parse_variant(s) for s in args.variant] or [Variant("", ())],
+        [parse_grid(s) for s in args.grid],
+    )
+    seeds = parse_seeds(args.seeds)
+    reference = args.reference or variants[0].name
+    if reference not in {v.name for v in variants}:
+        raise ValueError(
+            f"--reference {reference!r} is not a variant; variants: {[v.name for v in variants]}."
+        )
+    if args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: must be >= 1.")
+    env = dict(os.environ)
+    if args.parallel > 1:  # GPU runs share the card; the fraction is ignored on CPU.
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.parallel:.2f}")
+    jobs, done = [], 0
+    for seed in seeds:  # seed-major: a seed's variants run side by side (paired load)
+        for v in variants:
+            rdir = run_dir(workdir, v, seed)
+            if (rdir / "summary.json").exists():
+                done += 1
+            else:
+                cmd = command(args.config, rdir, seed, v, shared, args.module)
+                jobs.append((v, seed, (rdir, cmd, env)))
+    total = len(variants) * len(seeds)
+    print(
+        f"Sweep: {len(variants)} variant(s) x {len(seeds)} seed(s) = {total} runs, "
+        f"{done} already finished, {len(jobs)} to run, {args.parallel} at a time, in "
+        f"{workdir / 'runs'}.",
+        flush=True,
+    )
+    failed = []
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = [(v, s, job[0], pool.submit(_run_one, job)) for v, s, job in jobs]
+        for i, (v, s, rdir, fut) in enumerate(futures, 1):
+            rc, secs = fut.result()
+            status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {rdir / 'log.txt'})"
+            if rc:
+                failed.append(str(rdir))
+            elif (rdir / "summary.json").exists():
+                value = read_metric(json.loads((rdir / "summary.json").read_text()), args.metric)
+                status = f"{args.metric} {value:.2f}"
+            print(f"[{done + i}/{total}] {v.name} seed {s}: {status} ({secs:.0f} s)", flush=True)
+    results = {v.name: {} for v in variants}
+    for v in variants:
+        for s in seeds:
+            path = run_dir(workdir, v, s) / "summary.json"
+            if path.exists():
+                results[v.name][s] = read_metric(json.loads(path.read_text()), args.metric)
+    rows = summarize(results, reference)
+    record = {
+        "config": args.config,
+        "overrides": shared,
+        "metric": args.metric,
+        "reference": reference,
+        "seeds": seeds,
+        "failed": failed,
+        "variants": [{"name": v.name, "overrides": dict(v.overrides)} for v in variants],
+        "results": rows,
+    }
+    (workdir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
+    header = f"# Sweep `{args.config}` {' '.join(shared)}".rstrip()
+    table = markdown(rows, reference, args.metric, header)
+    if failed:
+        table += f"\nFailed runs (rerun the same command to retry): {', '.join(failed)}\n"
+    (workdir / "sweep.md").write_text(table)
+    print(table, flush=True)
+    return 1 if failed else 0
+
+
+def parse_args(argv: list[str]):
+    p = argparse.ArgumentParser(
+        prog="python -m stars_jax.sweep",
+        description=__doc__.split("\n\n")[0],
+        epilog="Every --config.KEY=VALUE is passed to all runs.",
+    )
+    p.add_argument("--config", required=True, help="Config file, e.g. configs/default.py[:ARG].")
+    p.add_argument("--workdir", required=True, help="Sweep directory (runs/, sweep.json/md).")
+    p.add_argument("--variant", action="append", default=[], help="NAME:KEY=V,KEY=V,...")
+    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (crossed).")
+    p.add_argument("--seeds", default="0-7", help="e.g. '0-7' or '0,3,5' (default 0-7).")
+    p.add_argument("--parallel", type=int, default=1, help="Runs at a time (default 1).")
+    p.add_argument("--reference", default="", help="Variant to pair against (default: first).")
+    p.add_argument("--metric", default="student.top1", help="Dotted path into summary.json.")
+    p.add_argument("--module", default="stars_jax.main", help=argparse.SUPPRESS)  # tests
+    args, rest = p.parse_known_args(argv)
+    bad = [a for a in rest if not (a.startswith("--config.") and "=" in a)]
+    if bad:
+        p.error(f"unknown arguments {bad}; only --config.KEY=VALUE overrides pass through.")
+    return args, rest
+
+
+def main(argv=None) -> int:
+    args, shared = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run_sweep(args, shared)
+    except (ValueError, KeyError) as e:
+        print(f"stars_jax.sweep: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
