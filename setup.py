@@ -26,6 +26,7 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "numpy>=1.26",
+        "scipy>=1.11",  # Student-t intervals in stars_jax.sweep (jax depends on it too)
         "pillow>=10.0",
     ],
     extras_require={
