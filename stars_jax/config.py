@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.synth.tar_k = (1.0,)  # Several thresholds at once are summed.
     c.synth.tar_temperature = 0.25  # In units of the channel std; see losses.TAR_TEMPERATURE.
     c.synth.tar_two_sided = False
+    # First round (counting the warm-up) in which the STARS terms act, distill.b_rca included;
+    # the rounds between the warm-up and it run the baseline. 0: right after the warm-up.
+    c.synth.stars_start_round = 0
 
     c.distill = ml_collections.ConfigDict()
     c.distill.mode = "data_free"  # or "real_data": KD on the real training set (upper bound).

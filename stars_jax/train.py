@@ -176,9 +176,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # The schedule's horizon is set below, once the run knows where it stops.
     state = parallel.put(init_train_state(student, optimizer, k_student, image_shape), rep)
     real_health, warmup_rounds = {}, 0
+    synthesizer_for = lambda cfg: make_synthesizer(
+        cfg, teacher_model, student, image_shape, config.data.num_classes, mean, std, batch_sh
+    )
     if dc.mode == "data_free":
-        synthesizer = make_synthesizer(config.synth, teacher_model, student, image_shape,
-                                       config.data.num_classes, mean, std, batch_sh)  # fmt: skip
+        synthesizer = synthesizer_for(config.synth)
         synth_state = parallel.put(synthesizer.init(k_synth, teacher_vars), rep)
         bank = init_bank(dc.bank_size, image_shape)
         warmup_rounds = config.synth.warmup_rounds
@@ -202,6 +204,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     kd_horizon = lambda rounds: max(rounds - warmup_rounds, 1) * dc.kd_steps
     carry = (state, synth_state, _place_bank(bank, mesh))
     steps = make_round_steps(synthesizer, ctx, dc.batch_size)
+    stars_from = config.synth.stars_start_round
+    base_steps = steps
+    if stars_from > warmup_rounds:  # The baseline's steps until then (compiled when first used).
+        base_synth = None
+        if synthesizer is not None:
+            cfg = config.synth.copy_and_resolve_references()
+            cfg.l_rca = cfg.l_tar = 0.0
+            base_synth = synthesizer_for(cfg)
+        base_steps = make_round_steps(
+            base_synth, dataclasses.replace(ctx, b_rca=0.0), dc.batch_size
+        )
     # The budget clock: wall seconds spent by earlier processes of this run, and the round
     # count the run stops at (0: not decided yet, i.e. distill.rounds).
     clock = parallel.put({"elapsed_s": np.float32(0), "rounds": np.int32(0)}, rep)
@@ -240,7 +253,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         key = jax.random.fold_in(k_loop, r)
         kd_steps = 0 if warm else dc.kd_steps
         carry, out = run_round(
-            steps, carry, teacher_vars, key, r, config.synth.steps, kd_steps, warmup=warm
+            steps if r >= stars_from else base_steps,
+            carry,
+            teacher_vars,
+            key,
+            r,
+            config.synth.steps,
+            kd_steps,
+            warmup=warm,
         )
         m = parallel.fetch(out.metrics)
         check_finite(m, r, last_ckpt, manager.directory)
