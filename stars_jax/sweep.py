@@ -28,7 +28,7 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -259,9 +259,9 @@ def run_sweep(args, shared: list[str]) -> int:
     )
     failed = []
     with ThreadPoolExecutor(args.parallel) as pool:
-        futures = [(v, s, job[0], pool.submit(_run_one, job)) for v, s, job in jobs]
-        for i, (v, s, rdir, fut) in enumerate(futures, 1):
-            rc, secs = fut.result()
+        futures = {pool.submit(_run_one, job): (v, s, job[0]) for v, s, job in jobs}
+        for i, fut in enumerate(as_completed(futures), 1):  # reported as they finish
+            (v, s, rdir), (rc, secs) = futures[fut], fut.result()
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {rdir / 'log.txt'})"
             if rc:
                 failed.append(str(rdir))
