@@ -144,6 +144,12 @@ def read_metric(summary: dict, path: str) -> float:
     return float(value)
 
 
+def finished_metric(rdir: Path, metric: str) -> float | None:
+    """The metric of a finished run (its summary.json), or None if it has not finished."""
+    path = rdir / "summary.json"
+    return read_metric(json.loads(path.read_text()), metric) if path.exists() else None
+
+
 def interval(x: np.ndarray, level=0.95) -> tuple[float, float, float]:
     """Mean of x and its two-sided Student-t confidence interval (nan bounds for n < 2)."""
     x = np.asarray(x, np.float64)
@@ -265,16 +271,14 @@ def run_sweep(args, shared: list[str]) -> int:
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {rdir / 'log.txt'})"
             if rc:
                 failed.append(str(rdir))
-            elif (rdir / "summary.json").exists():
-                value = read_metric(json.loads((rdir / "summary.json").read_text()), args.metric)
+            elif (value := finished_metric(rdir, args.metric)) is not None:
                 status = f"{args.metric} {value:.2f}"
             print(f"[{done + i}/{total}] {v.name} seed {s}: {status} ({secs:.0f} s)", flush=True)
     results = {v.name: {} for v in variants}
     for v in variants:
         for s in seeds:
-            path = run_dir(workdir, v, s) / "summary.json"
-            if path.exists():
-                results[v.name][s] = read_metric(json.loads(path.read_text()), args.metric)
+            if (value := finished_metric(run_dir(workdir, v, s), args.metric)) is not None:
+                results[v.name][s] = value
     rows = summarize(results, reference)
     record = {
         "config": args.config,

@@ -206,7 +206,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     steps = make_round_steps(synthesizer, ctx, dc.batch_size)
     stars_from = config.synth.stars_start_round
     base_steps = steps
-    if stars_from > warmup_rounds:  # The baseline's steps until then (compiled when first used).
+    stars_on = config.synth.l_rca or config.synth.l_tar or dc.b_rca
+    if stars_on and stars_from > warmup_rounds:  # the baseline's steps until then
         base_synth = None
         if synthesizer is not None:
             cfg = config.synth.copy_and_resolve_references()
