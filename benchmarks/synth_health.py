@@ -90,7 +90,7 @@ def run(config, rounds: int, grid: str = "") -> dict:
         warmup_steps=0,
         num_classes=k,
     )
-    steps = make_round_steps(syn, ctx, 8)
+    steps = make_round_steps(syn, ctx, 8, sc)
     carry = (
         state,
         syn.init(jax.random.fold_in(root, 1), teacher.variables),

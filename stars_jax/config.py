@@ -87,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.synth.tar_k = (1.0,)  # Several thresholds at once are summed.
     c.synth.tar_temperature = 0.25  # In units of the channel std; see losses.TAR_TEMPERATURE.
     c.synth.tar_two_sided = False
+    # "gaussian": thresholds mu + k sigma from the teacher's BN statistics (STARS.md);
+    # "percentile": per-channel Phi(k) quantiles of the teacher's BN inputs on a batch drawn
+    # from the memory bank each round (objective.tar_reference), targets from that batch.
+    c.synth.tar_thresholds = "gaussian"
     # First round (counting the warm-up) in which the STARS terms act, distill.b_rca included;
     # the rounds between the warm-up and it run the baseline. 0: right after the warm-up.
     c.synth.stars_start_round = 0

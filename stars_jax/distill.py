@@ -21,6 +21,7 @@ from stars_jax import losses
 from stars_jax.bank import Bank, bank_add, bank_sample, normalize, random_crop_flip
 from stars_jax.diagnostics import batch_health, class_entropy
 from stars_jax.neurons import LIFParams
+from stars_jax.objective import TarReference, tar_reference
 from stars_jax.parallel import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -189,6 +190,16 @@ def add_synthetic(ctx: KDContext, bank: Bank, teacher_vars, images_u8, labels):
     return bank, preds, {f"synth/{k}": v for k, v in health.items()}
 
 
+def bank_tar_reference(
+    ctx: KDContext, synth_cfg, batch_size: int, teacher_vars, bank: Bank, key
+) -> TarReference:
+    """Percentile-TAR thresholds from the teacher on a batch drawn from the memory bank (the
+    images synthesised so far); not ready while the bank is empty."""
+    images, _ = bank_sample(bank, key, batch_size)
+    x = normalize(constrain(images, ctx.batch_sharding), ctx.mean, ctx.std)
+    return tar_reference(x, teacher_vars, teacher=ctx.teacher, cfg=synth_cfg, ready=bank.count > 0)
+
+
 class RoundSteps(NamedTuple):
     """The jitted pieces of a round; state arguments are donated."""
 
@@ -197,18 +208,27 @@ class RoundSteps(NamedTuple):
     syn_end: Callable | None
     add_synthetic: Callable | None
     kd_step: Callable
+    tar_reference: Callable | None = None  # (teacher_vars, bank, key) -> TarReference
 
 
-def make_round_steps(synthesizer, ctx: KDContext, batch_size: int) -> RoundSteps:
+def make_round_steps(synthesizer, ctx: KDContext, batch_size: int, synth_cfg=None) -> RoundSteps:
+    """``synth_cfg``: the synthesizer's config; with percentile TAR on, each round first draws
+    its thresholds' reference batch from the bank."""
     kd = jax.jit(functools.partial(kd_bank_step, ctx, batch_size), donate_argnums=0)
     if synthesizer is None:  # real_data mode
         return RoundSteps(None, None, None, None, kd)
+    tar_ref = None
+    if synth_cfg is not None and synth_cfg.l_tar and synth_cfg.tar_thresholds == "percentile":
+        tar_ref = jax.jit(
+            functools.partial(bank_tar_reference, ctx, synth_cfg, synth_cfg.batch_size)
+        )
     return RoundSteps(
         syn_begin=jax.jit(synthesizer.begin, donate_argnums=0),
         syn_step=jax.jit(synthesizer.step, donate_argnums=1, static_argnames="warmup"),
         syn_end=jax.jit(synthesizer.end, donate_argnums=0),
         add_synthetic=jax.jit(functools.partial(add_synthetic, ctx), donate_argnums=0),
         kd_step=kd,
+        tar_reference=tar_ref,
     )
 
 
@@ -239,11 +259,15 @@ def run_round(
     k_syn, k_kd = jax.random.split(key)
     metrics, out = {}, RoundOutput(None, None, None, {})
     if steps.syn_step is not None:
+        tar_ref = None
+        if steps.tar_reference is not None and not warmup:
+            k_ref = jax.random.fold_in(key, 1)  # not k_syn's or k_kd's stream
+            tar_ref = steps.tar_reference(teacher_vars, bank, k_ref)
         synth_state, work = steps.syn_begin(synth_state, jax.random.fold_in(k_syn, 0), round_)
         for i in range(synth_steps):
             work, metrics = steps.syn_step(
                 synth_state, work, teacher_vars, state.variables,
-                jax.random.fold_in(k_syn, i + 1), warmup=warmup,
+                jax.random.fold_in(k_syn, i + 1), warmup=warmup, tar_ref=tar_ref,
             )  # fmt: skip
         synth_state, images, labels = steps.syn_end(synth_state, work)
         bank, preds, health = steps.add_synthetic(bank, teacher_vars, images, labels)

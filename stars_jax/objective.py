@@ -7,6 +7,7 @@ statistics); only what the caller differentiates (pixels, generator, latents) mo
 
 from __future__ import annotations
 
+import math
 import re
 from typing import NamedTuple
 
@@ -53,6 +54,74 @@ def select_layers(names: tuple[str, ...], mode: str) -> list[int]:
     return sorted(last.values())
 
 
+TAR_THRESHOLDS = ("gaussian", "percentile")
+
+
+def _tar_views(bn: TeacherBN, cfg) -> list[tuple[jax.Array, float]]:
+    """What TAR scores, in one fixed order: ``(z, k)`` for the layers ``tar_layers``
+    selects, each k, the upper tail and (``tar_two_sided``) the lower one, scored as the upper
+    tail of ``-z``."""
+    signs = (1.0, -1.0) if cfg.tar_two_sided else (1.0,)
+    return [
+        (sign * bn.inputs[i], float(k))
+        for i in select_layers(bn.names, cfg.tar_layers)
+        for k in cfg.tar_k
+        for sign in signs
+    ]
+
+
+class TarReference(NamedTuple):
+    """Percentile-TAR thresholds (``synth.tar_thresholds='percentile'``), one
+    ``(tau, scale, target)`` per ``_tar_views`` entry, from a reference batch."""
+
+    thresholds: tuple
+    ready: jax.Array  # bool: the reference batch held real entries (the bank was not empty)
+
+
+def gaussian_quantile(k: float) -> float:
+    """Phi(k): the quantile at which a Gaussian channel's threshold is mu + k sigma."""
+    return 0.5 * (1.0 + math.erf(k / math.sqrt(2.0)))
+
+
+def tar_reference(x, teacher_vars, *, teacher, cfg, ready=True) -> TarReference:
+    """Percentile thresholds from the teacher's BN inputs on a normalised reference batch
+    ``x``: per channel, the ``Phi(k)`` quantile (so k keeps its meaning on a Gaussian
+    channel), and as target the reference's own soft exceedance there (losses.
+    percentile_thresholds). The trainer draws ``x`` from the memory bank each round."""
+    _, inter = teacher.apply(teacher_vars, x, mutable=["intermediates"])
+    bn = teacher_bn(inter["intermediates"], teacher_vars["batch_stats"])
+    thresholds = tuple(
+        losses.percentile_thresholds(z, gaussian_quantile(k), cfg.tar_temperature)
+        for z, k in _tar_views(bn, cfg)
+    )
+    return TarReference(thresholds, jnp.asarray(ready, bool))
+
+
+def tar_term(bn: TeacherBN, cfg, tar_ref: TarReference | None) -> jax.Array:
+    """L_TAR with the thresholds ``synth.tar_thresholds`` names: from the teacher's BN
+    statistics (STARS.md), or percentiles of a reference batch (``tar_ref``; 0 until ready)."""
+    if cfg.tar_thresholds == "percentile":
+        if tar_ref is None:
+            raise ValueError("synth.tar_thresholds='percentile' needs a reference (tar_ref).")
+        total = losses.tar_loss_percentile(
+            [z for z, _ in _tar_views(bn, cfg)], tar_ref.thresholds, cfg.tar_temperature
+        )
+        return jnp.where(tar_ref.ready, total, 0.0)
+    if cfg.tar_thresholds != "gaussian":
+        raise ValueError(
+            f"Unknown synth.tar_thresholds {cfg.tar_thresholds!r}; valid: {TAR_THRESHOLDS}."
+        )
+    idx = select_layers(bn.names, cfg.tar_layers)
+    return losses.tar_loss(
+        [bn.inputs[i] for i in idx],
+        [bn.means[i] for i in idx],
+        [bn.vars[i] for i in idx],
+        ks=tuple(cfg.tar_k),
+        temperature=cfg.tar_temperature,
+        two_sided=cfg.tar_two_sided,
+    )
+
+
 class BNMoments(NamedTuple):
     """Per-layer channel moments of the teacher's BN inputs (lists over layers of ``[C_l]``)."""
 
@@ -69,7 +138,17 @@ class SynthAux(NamedTuple):
 
 
 def synthesis_loss(
-    x, labels, teacher_vars, student_vars, *, teacher, student, cfg, bn_ema=None, warmup=False
+    x,
+    labels,
+    teacher_vars,
+    student_vars,
+    *,
+    teacher,
+    student,
+    cfg,
+    bn_ema=None,
+    warmup=False,
+    tar_ref: TarReference | None = None,
 ) -> tuple[jax.Array, SynthAux]:
     """L_syn of STARS.md on a normalised batch ``x [B, H, W, C]`` with targets ``labels [B]``.
 
@@ -79,6 +158,8 @@ def synthesis_loss(
         before the EMA holds any batch).
       warmup: the synthesis-only warm-up of the reference Fast: BN + CE only, the student is
         not run (no adversarial, RCA or TAR term).
+      tar_ref: percentile-TAR thresholds (``tar_reference``), read only when
+        ``cfg.tar_thresholds == 'percentile'``.
 
     Returns:
       ``(total, SynthAux)``. Metrics: every term unweighted, the total, and with the student in
@@ -116,15 +197,7 @@ def synthesis_loss(
             terms["rca"] = losses.relational_discrepancy(rep_t, rep_s)
             weights["rca"] = cfg.l_rca * cfg.rca_sign
     if not warmup and cfg.l_tar:
-        idx = select_layers(bn.names, cfg.tar_layers)
-        terms["tar"] = losses.tar_loss(
-            [bn.inputs[i] for i in idx],
-            [bn.means[i] for i in idx],
-            [bn.vars[i] for i in idx],
-            ks=tuple(cfg.tar_k),
-            temperature=cfg.tar_temperature,
-            two_sided=cfg.tar_two_sided,
-        )
+        terms["tar"] = tar_term(bn, cfg, tar_ref)
         weights["tar"] = cfg.l_tar
     total = sum(weights[k] * v for k, v in terms.items())
     metrics = {f"synth/{k}": v for k, v in {**terms, **extra}.items()}

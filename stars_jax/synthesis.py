@@ -25,6 +25,7 @@ with a ``make_<name>(setup) -> Synthesizer`` function, plus an entry in ``SYNTHE
 
 from __future__ import annotations
 
+from stars_jax.objective import TAR_THRESHOLDS
 from stars_jax.synthesizers.cmi import make_cmi
 from stars_jax.synthesizers.common import Synthesizer, SynthSetup
 from stars_jax.synthesizers.deepinversion import make_deepinversion
@@ -45,6 +46,10 @@ def make_synthesizer(
     """The synthesizer named by ``cfg.method``; ``batch_sharding`` splits its batch."""
     if cfg.method not in SYNTHESIZERS:
         raise ValueError(f"Unknown synth.method {cfg.method!r}; valid: {sorted(SYNTHESIZERS)}.")
+    if cfg.tar_thresholds not in TAR_THRESHOLDS:
+        raise ValueError(
+            f"Unknown synth.tar_thresholds {cfg.tar_thresholds!r}; valid: {TAR_THRESHOLDS}."
+        )
     setup = SynthSetup(
         cfg,
         teacher,

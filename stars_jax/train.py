@@ -203,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Student updates happen after the synthesis-only warm-up: the schedule spans the rest.
     kd_horizon = lambda rounds: max(rounds - warmup_rounds, 1) * dc.kd_steps
     carry = (state, synth_state, _place_bank(bank, mesh))
-    steps = make_round_steps(synthesizer, ctx, dc.batch_size)
+    steps = make_round_steps(synthesizer, ctx, dc.batch_size, config.synth)
     stars_from = config.synth.stars_start_round
     base_steps = steps
     stars_on = config.synth.l_rca or config.synth.l_tar or dc.b_rca

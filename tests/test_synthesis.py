@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from configs.default import get_config
 from stars_jax import losses
@@ -21,9 +22,11 @@ from stars_jax.models.students import make_student
 from stars_jax.models.teachers import make_teacher
 from stars_jax.objective import (
     crop_flip,
+    gaussian_quantile,
     random_resized_crop,
     select_layers,
     synthesis_loss,
+    tar_reference,
     teacher_bn,
 )
 from stars_jax.synthesis import SYNTHESIZERS, make_synthesizer
@@ -120,6 +123,58 @@ def test_warmup_is_bn_and_ce_only_without_the_student(nets):
     assert set(aux.metrics) == {"synth/bn", "synth/ce", "synth/loss"}
     ref = 0.7 * aux.metrics["synth/bn"] + 0.3 * aux.metrics["synth/ce"]
     np.testing.assert_allclose(total, ref, rtol=1e-6)
+
+
+def _np_sigmoid(u):
+    return 1.0 / (1.0 + np.exp(-u))
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_percentile_tar_matches_numpy_and_vanishes_on_its_reference(nets, two_sided):
+    teacher, tv, student, sv = nets
+    t, k = 0.3, 0.5
+    cfg = _cfg(
+        a_bn=0.0, a_oh=0.0, a_adv=0.0, l_rca=0.0, l_tar=1.0, tar_thresholds="percentile",
+        tar_temperature=t, tar_k=(k,), tar_two_sided=two_sided, tar_layers="stage_last",
+    )  # fmt: skip
+    x = jax.random.normal(jax.random.key(2), (8, *SHAPE))
+    x_ref = 0.5 + 2.0 * jax.random.normal(jax.random.key(3), (8, *SHAPE))
+    y = jnp.arange(8) % K
+    loss = lambda xx, ref: synthesis_loss(
+        xx, y, tv, sv, teacher=teacher, student=student, cfg=cfg, tar_ref=ref
+    )[1].metrics["synth/tar"]
+    ref = tar_reference(x_ref, tv, teacher=teacher, cfg=cfg)
+    # Reference in numpy: per channel the Phi(k) quantile of the reference batch (lower tail:
+    # its 1 - Phi(k) quantile), scale its std, target its own soft exceedance.
+    bn_of = lambda xx: teacher_bn(teacher.apply(tv, xx, mutable=["intermediates"])[1][
+        "intermediates"], tv["batch_stats"])  # fmt: skip
+    bn, bn_ref = bn_of(x), bn_of(x_ref)
+    p = scipy.stats.norm.cdf(k)
+    np.testing.assert_allclose(gaussian_quantile(k), p, rtol=1e-12)
+    want = 0.0
+    for i in select_layers(bn.names, "stage_last"):
+        z = np.asarray(bn.inputs[i], np.float64).reshape(-1, bn.inputs[i].shape[-1])
+        zr = np.asarray(bn_ref.inputs[i], np.float64).reshape(z.shape[0], -1)
+        s = np.sqrt(zr.var(0) + 1e-5)
+        tails = [(np.quantile(zr, p, axis=0), 1.0)]
+        if two_sided:
+            tails.append((np.quantile(zr, 1 - p, axis=0), -1.0))
+        for tau, sign in tails:
+            q = _np_sigmoid(sign * (z - tau) / (t * s)).mean(0)
+            target = _np_sigmoid(sign * (zr - tau) / (t * s)).mean(0)
+            want += np.mean((q - target) ** 2)
+    assert want > 1e-4  # the batches differ: the check below can fail
+    np.testing.assert_allclose(loss(x, ref), want, rtol=2e-3)
+    np.testing.assert_allclose(loss(x_ref, ref), 0.0, atol=1e-10)  # its own reference
+    not_ready = tar_reference(x_ref, tv, teacher=teacher, cfg=cfg, ready=False)
+    assert float(loss(x, not_ready)) == 0.0  # an empty bank: no thresholds yet
+    with pytest.raises(ValueError, match="needs a reference"):
+        loss(x, None)
+
+
+def test_unknown_tar_thresholds_is_a_clear_error(nets):
+    with pytest.raises(ValueError, match="tar_thresholds.*valid"):
+        _synth(nets, _cfg(tar_thresholds="quantile"))
 
 
 def test_stage_last_selection():
@@ -304,27 +359,37 @@ def test_random_resized_crop():
     assert not np.allclose(out, x)
 
 
+def _ctx(nets, opt):
+    teacher, _, student, _ = nets
+    return KDContext(
+        teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 2, True,
+        lr=1e-3, warmup_steps=1, num_classes=K,
+    )  # fmt: skip
+
+
+def test_percentile_tar_takes_its_thresholds_from_the_bank(nets):
+    teacher, tv, student, _ = nets
+    cfg = get_config()
+    opt = make_optimizer(cfg.distill)
+    st = init_train_state(student, opt, jax.random.key(5), SHAPE, 10)
+    scfg = _cfg(steps=1, warmup_rounds=0, tar_thresholds="percentile")
+    syn = make_synthesizer(scfg, teacher, student, SHAPE, K, MEAN, STD)
+    steps = make_round_steps(syn, _ctx(nets, opt), 8, scfg)
+    assert steps.tar_reference is not None
+    assert make_round_steps(syn, _ctx(nets, opt), 8, _cfg()).tar_reference is None  # gaussian
+    carry = (st, syn.init(jax.random.key(6), tv), init_bank(32, SHAPE))
+    carry, out = run_round(steps, carry, tv, jax.random.key(7), 0, 1, 0)
+    assert float(out.metrics["synth/tar"]) == 0.0  # the bank was empty: no reference yet
+    _, out = run_round(steps, carry, tv, jax.random.key(8), 1, 1, 0)
+    assert 0.0 < float(out.metrics["synth/tar"]) < 1.0  # thresholds from round 0's batch
+
+
 def test_round_without_kd_leaves_student_bit_identical(nets):
     teacher, tv, student, _ = nets
     cfg = get_config()
     opt = make_optimizer(cfg.distill)
     st = init_train_state(student, opt, jax.random.key(5), SHAPE, 10)
-    ctx = KDContext(
-        teacher,
-        student,
-        opt,
-        MEAN,
-        STD,
-        4.0,
-        False,
-        1.0,
-        "logits",
-        2,
-        True,
-        lr=1e-3,
-        warmup_steps=1,
-        num_classes=K,
-    )
+    ctx = _ctx(nets, opt)
     syn = make_synthesizer(_cfg(steps=2), teacher, student, SHAPE, K, MEAN, STD)
     steps = make_round_steps(syn, ctx, batch_size=8)
     before = jax.tree.map(np.array, st)

@@ -127,7 +127,7 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
         neg = state.feats[pick]
         return neg[:, :dim], neg[:, dim:], jnp.arange(n_neg) < state.count
 
-    def step(state, work, teacher_vars, student_vars, key, warmup=False):
+    def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
         k_g, k_l, k_n = jax.random.split(key, 3)
         neg_local, neg_glob, valid = negatives(state, k_n)
 
@@ -137,7 +137,9 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
                 g["z"],
                 mutable=["batch_stats"],
             )
-            total, aux = s.loss(x01, work.labels, teacher_vars, student_vars, k_g, warmup)
+            total, aux = s.loss(
+                x01, work.labels, teacher_vars, student_vars, k_g, warmup, tar_ref=tar_ref
+            )
             glob = instance_means(aux.bn.inputs, idx)
             local_view = random_resized_crop(k_l, x01, flip=cfg.flip)
             _, inter = s.teacher.apply(

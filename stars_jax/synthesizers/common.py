@@ -34,7 +34,9 @@ class Synthesizer(NamedTuple):
 
     init: Callable  # (key, teacher_vars) -> state, persistent across rounds (checkpointed)
     begin: Callable  # (state, key, round_) -> (state, work): fresh latents/pixels, labels
-    step: Callable  # (state, work, teacher_vars, student_vars, key, warmup) -> (work, metrics)
+    # (state, work, teacher_vars, student_vars, key, warmup, tar_ref) -> (work, metrics);
+    # tar_ref: objective.TarReference for percentile TAR, else None.
+    step: Callable
     end: Callable  # (state, work) -> (state, images_u8 [B, H, W, C], labels [B])
 
 
@@ -57,7 +59,7 @@ class SynthSetup:
     def batch(self, x):
         return constrain(x, self.batch_sharding)
 
-    def loss(self, x01, labels, teacher_vars, student_vars, key, warmup, bn_ema=None):
+    def loss(self, x01, labels, teacher_vars, student_vars, key, warmup, bn_ema=None, tar_ref=None):
         """L_syn on the crop+flip view of ``[0, 1]`` images (the generator methods)."""
         view = crop_flip(key, x01, self.cfg.crop_pad, self.cfg.flip)
         return synthesis_loss(
@@ -70,6 +72,7 @@ class SynthSetup:
             cfg=self.cfg,
             bn_ema=bn_ema,
             warmup=warmup,
+            tar_ref=tar_ref,
         )
 
 
@@ -155,6 +158,7 @@ def generator_step(
     student_vars,
     key,
     warmup,
+    tar_ref=None,
 ) -> GeneratorStep:
     """One Adam step on L_syn of a generator's images; ``trainable["g"]`` holds the generator's
     params, ``gen_input(trainable)`` its input (latents, label embeddings)."""
@@ -164,7 +168,7 @@ def generator_step(
             {"params": tr["g"], "batch_stats": batch_stats}, gen_input(tr), mutable=["batch_stats"]
         )
         blend = ema_blend(ema, s.cfg.bn_ema)
-        total, aux = s.loss(x01, labels, teacher_vars, student_vars, key, warmup, blend)
+        total, aux = s.loss(x01, labels, teacher_vars, student_vars, key, warmup, blend, tar_ref)
         return total, (aux, new_vars["batch_stats"], x01)
 
     (loss, (aux, new_stats, x01)), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)

@@ -43,7 +43,7 @@ def make_deepinversion(s: SynthSetup) -> Synthesizer:
         y = s.batch(random_labels(k_y, cfg.batch_size, s.num_classes))
         return state, PixelWork(x, y, opt.init(x), no_best(x))
 
-    def step(state, work, teacher_vars, student_vars, key, warmup=False):
+    def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
         def loss_fn(x):
             total, aux = synthesis_loss(
                 jitter(key, x, cfg.jitter),
@@ -54,6 +54,7 @@ def make_deepinversion(s: SynthSetup) -> Synthesizer:
                 student=s.student,
                 cfg=cfg,
                 warmup=warmup,
+                tar_ref=tar_ref,
             )
             prior = cfg.a_tv * losses.tv_loss(x) + cfg.a_l2 * losses.l2_prior(x)
             return total + prior, aux.metrics

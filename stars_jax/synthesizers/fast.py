@@ -100,7 +100,7 @@ def make_fast(s: SynthSetup) -> Synthesizer:
         )
         return state._replace(params=params), work
 
-    def step(state, work, teacher_vars, student_vars, key, warmup=False):
+    def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
         r = generator_step(
             s,
             gen,
@@ -115,6 +115,7 @@ def make_fast(s: SynthSetup) -> Synthesizer:
             student_vars,
             key,
             warmup,
+            tar_ref,
         )
         new = FastWork(
             fast=r.trainable,

@@ -98,7 +98,7 @@ def make_nayer(s: SynthSetup) -> Synthesizer:
         )
         return state._replace(params=params, batch_stats=batch_stats), work
 
-    def step(state, work, teacher_vars, student_vars, key, warmup=False):
+    def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
         embed = lambda tr: s.batch(tr["e"][work.labels])
         r = generator_step(
             s,
@@ -114,6 +114,7 @@ def make_nayer(s: SynthSetup) -> Synthesizer:
             student_vars,
             key,
             warmup,
+            tar_ref,
         )
         new = NayerWork(
             train=r.trainable,
