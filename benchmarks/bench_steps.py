@@ -50,8 +50,14 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 def _setting(tiny: bool):
     if tiny:
         return dict(t_stages=(1, 1), s_stages=(1, 1), widths=(8, 16), batch=8, T=2, size=16)
-    return dict(t_stages=(3, 4, 6, 3), s_stages=(2, 2, 2, 2), widths=(64, 128, 256, 512),
-                batch=256, T=4, size=32)  # fmt: skip
+    return dict(
+        t_stages=(3, 4, 6, 3),
+        s_stages=(2, 2, 2, 2),
+        widths=(64, 128, 256, 512),
+        batch=256,
+        T=4,
+        size=32,
+    )
 
 
 def _timed(step, carry, args, steps, warmup, sync):
@@ -73,8 +79,12 @@ def _step_bytes(compiled):
     m = compiled.memory_analysis()
     if m is None:
         return None
-    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-            - m.alias_size_in_bytes)  # fmt: skip
+    return (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
 
 
 def _flops(compiled):
@@ -89,8 +99,9 @@ def jax_cases(s, dtype_name: str):
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
     shape = (s["size"], s["size"], 3)
     teacher = ResNet(stage_sizes=s["t_stages"], widths=s["widths"], dtype=dtype)
-    student = SpikingResNet(stage_sizes=s["s_stages"], widths=s["widths"], time_steps=s["T"],
-                            dtype=dtype)  # fmt: skip
+    student = SpikingResNet(
+        stage_sizes=s["s_stages"], widths=s["widths"], time_steps=s["T"], dtype=dtype
+    )
     tv = teacher.init(jax.random.key(0), jnp.zeros((2, *shape)))
     cfg = base_config()
     syn_cfg = cfg.synth
@@ -103,8 +114,22 @@ def jax_cases(s, dtype_name: str):
     st = init_train_state(student, opt, jax.random.key(1), shape, 1000)
     syn = make_synthesizer(syn_cfg, teacher, student, shape, 10, MEAN, STD)
     syn_state, work = syn.begin(syn.init(jax.random.key(2), tv), jax.random.key(2), 0)
-    ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 0.0, "logits", 0, False, dtype,
-                    lr=0.1, warmup_steps=0)  # fmt: skip
+    ctx = KDContext(
+        teacher,
+        student,
+        opt,
+        MEAN,
+        STD,
+        4.0,
+        False,
+        0.0,
+        "logits",
+        0,
+        False,
+        dtype,
+        lr=0.1,
+        warmup_steps=0,
+    )
     images = jax.random.randint(jax.random.key(3), (s["batch"], *shape), 0, 256).astype(jnp.uint8)
     key = jax.random.key(4)
     return [
@@ -113,7 +138,7 @@ def jax_cases(s, dtype_name: str):
             lambda w, t, sv: syn.step(syn_state, w, t, sv, key)[0],
             work,
             (tv, st.variables),
-        ),  # fmt: skip
+        ),
         ("kd", lambda c, t, x: kd_step(ctx, c, t, x, key)[0], st, (tv, images)),
     ]
 
@@ -129,22 +154,44 @@ def bench_jax(s, dtype_name: str, steps: int, warmup: int, dump_hlo: str = "") -
             Path(dump_hlo).mkdir(parents=True, exist_ok=True)
             Path(dump_hlo, f"{name}_{dtype_name}.hlo.txt").write_text(compiled.as_text())
         median = _timed(compiled, carry, args, steps, warmup, jax.block_until_ready)
-        rows.append(dict(impl="stars_jax", mode=dtype_name, step=name, ms=1e3 * median,
-                         compile_s=compile_s, flops=_flops(compiled),
-                         step_bytes=_step_bytes(compiled)))  # fmt: skip
+        rows.append(
+            dict(
+                impl="stars_jax",
+                mode=dtype_name,
+                step=name,
+                ms=1e3 * median,
+                compile_s=compile_s,
+                flops=_flops(compiled),
+                step_bytes=_step_bytes(compiled),
+            )
+        )
     return rows
 
 
 def bench_torch(s, mode: str, steps: int, warmup: int, timeout_s: float, tiny: bool) -> list[dict]:
     """Runs one PyTorch mode in a child process: its GPU memory, caches and compile threads
     stay apart from JAX's, and a compile that never finishes costs ``timeout_s``, not the run."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--torch_child", mode,
-           "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--torch_child",
+        mode,
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+    ]
     cmd += ["--tiny"] if tiny else []
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the child must not take the GPU for JAX
     # A session of its own, so a timeout also ends torch.compile's worker processes.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     timed_out = False
     try:
         out, err = proc.communicate(timeout=timeout_s)
@@ -159,9 +206,18 @@ def bench_torch(s, mode: str, steps: int, warmup: int, timeout_s: float, tiny: b
     for step in ("synthesis", "kd"):
         if step not in done:
             print(f"torch {mode} {step}: no result within {timeout_s:.0f} s", flush=True)
-            rows.append(dict(impl="torch", mode=mode, step=step, ms=float("nan"),
-                             compile_s=float("nan"), flops=float("nan"), step_bytes=None,
-                             note=f"no result within {timeout_s:.0f} s"))  # fmt: skip
+            rows.append(
+                dict(
+                    impl="torch",
+                    mode=mode,
+                    step=step,
+                    ms=float("nan"),
+                    compile_s=float("nan"),
+                    flops=float("nan"),
+                    step_bytes=None,
+                    note=f"no result within {timeout_s:.0f} s",
+                )
+            )
     return rows
 
 
@@ -202,9 +258,17 @@ def torch_child(s, mode: str, steps: int, warmup: int) -> list[dict]:
             compile_s = time.perf_counter() - t0  # first call: compiles when compiled
             median = _timed(lambda c, f=fn: (f(), c)[1], None, (), steps, warmup, sync)
         peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
-        rows.append(dict(impl=f"torch+{backend}", mode=mode, step=name, ms=1e3 * median,
-                         compile_s=compile_s if mode == "bf16-compile" else 0.0,
-                         flops=float("nan"), step_bytes=peak))  # fmt: skip
+        rows.append(
+            dict(
+                impl=f"torch+{backend}",
+                mode=mode,
+                step=name,
+                ms=1e3 * median,
+                compile_s=compile_s if mode == "bf16-compile" else 0.0,
+                flops=float("nan"),
+                step_bytes=peak,
+            )
+        )
         print("ROW " + json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -218,10 +282,12 @@ def report(rows: list[dict]) -> str:
     fastest = {}
     for r in torch_rows:
         fastest[r["step"]] = min(fastest.get(r["step"], float("inf")), r["ms"])
-    lines = [f"device: {kind}",
-             "| impl | mode | step | ms | eager torch / this | fastest torch / this | "
-             "compile s | TFLOP/s | % peak | step GiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"device: {kind}",
+        "| impl | mode | step | ms | eager torch / this | fastest torch / this | "
+        "compile s | TFLOP/s | % peak | step GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         flops = jax_flops.get(r["step"], float("nan"))  # the same work on both sides
         tflops = flops / (r["ms"] / 1e3) / 1e12
@@ -244,12 +310,19 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--jax_dtypes", default="float32,bfloat16")
-    p.add_argument("--torch_modes", default="eager-fp32,bf16-compile",
-                   help="eager-fp32, bf16-eager, bf16-compile (comma list); '' skips")  # fmt: skip
+    p.add_argument(
+        "--torch_modes",
+        default="eager-fp32,bf16-compile",
+        help="eager-fp32, bf16-eager, bf16-compile (comma list); '' skips",
+    )
     p.add_argument("--out", default="")
     p.add_argument("--dump_hlo", default="", help="write each compiled stars_jax step here")
-    p.add_argument("--torch_timeout", type=float, default=300.0,
-                   help="seconds for each PyTorch mode, compilation included")  # fmt: skip
+    p.add_argument(
+        "--torch_timeout",
+        type=float,
+        default=300.0,
+        help="seconds for each PyTorch mode, compilation included",
+    )
     p.add_argument("--torch_child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     s = _setting(args.tiny)

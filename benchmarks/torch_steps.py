@@ -120,9 +120,12 @@ def make_neuron(T, prefer_spikingjelly=True):
             def __init__(self):
                 super().__init__()
                 self.node = neuron.LIFNode(
-                    tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m",
-                    detach_reset=False, **kwargs,
-                )  # fmt: skip
+                    tau=2.0,
+                    surrogate_function=surrogate.ATan(),
+                    step_mode="m",
+                    detach_reset=False,
+                    **kwargs,
+                )
 
             def forward(self, x):
                 self.node.reset()

@@ -27,8 +27,14 @@ def round_seconds(iteration_seconds: list[float]) -> float:
     return statistics.fmean(rest) if rest else 0.0
 
 
-def plan_rounds(budget_s: float, elapsed_s: float, rounds_done: int, round_s: float,
-                reserve_s: float, max_rounds: int) -> int:  # fmt: skip
+def plan_rounds(
+    budget_s: float,
+    elapsed_s: float,
+    rounds_done: int,
+    round_s: float,
+    reserve_s: float,
+    max_rounds: int,
+) -> int:
     """The total number of rounds that fit: those done plus as many ``round_s`` rounds as
     the time left after ``reserve_s`` (the final evaluation and save) allows, at most
     ``max_rounds`` and at least ``rounds_done``."""

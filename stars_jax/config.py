@@ -132,7 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Each synthesizer's settings in its public reference code (CIFAR scripts), which set_method
-# applies; config files then change what measurements chose (benchmarks/RESULTS.md).
+# applies; config files then change what measurements chose (benchmarks/RESULTS.md). Kept out
+# of the formatter (fmt: skip below): a table, one synthesizer a row as the scripts list them.
 REFERENCE_SYNTH = {
     # Fast-Datafree scripts/fast_cifar.sh, "Fast-2": g_steps 2, lr_g 5e-3, lr_z 0.015,
     # bn_mmt 0.9, warmup 20, is_maml 1, reset_l0 at epoch warmup + 120; weights per teacher

@@ -46,8 +46,18 @@ NORMALIZATION = {
 }
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 _IMAGE_FOLDER_LAYOUT = "<root>/{train,test}/<class name>/*.jpg|*.jpeg|*.png"

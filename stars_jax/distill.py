@@ -240,9 +240,15 @@ class RoundOutput(NamedTuple):
 
 
 def run_round(
-    steps: RoundSteps, carry, teacher_vars, key, round_: int, synth_steps: int, kd_steps: int,
+    steps: RoundSteps,
+    carry,
+    teacher_vars,
+    key,
+    round_: int,
+    synth_steps: int,
+    kd_steps: int,
     warmup: bool = False,
-):  # fmt: skip
+):
     """One DFKD round: ``synth_steps`` synthesis steps, the kept batch into the bank, then
     ``kd_steps`` student updates from the bank. Everything stays on device. In a warm-up
     round the synthesis objective is BN + CE only (``warmup``); callers pass ``kd_steps=0``.
@@ -266,9 +272,14 @@ def run_round(
         synth_state, work = steps.syn_begin(synth_state, jax.random.fold_in(k_syn, 0), round_)
         for i in range(synth_steps):
             work, metrics = steps.syn_step(
-                synth_state, work, teacher_vars, state.variables,
-                jax.random.fold_in(k_syn, i + 1), warmup=warmup, tar_ref=tar_ref,
-            )  # fmt: skip
+                synth_state,
+                work,
+                teacher_vars,
+                state.variables,
+                jax.random.fold_in(k_syn, i + 1),
+                warmup=warmup,
+                tar_ref=tar_ref,
+            )
         synth_state, images, labels = steps.syn_end(synth_state, work)
         bank, preds, health = steps.add_synthetic(bank, teacher_vars, images, labels)
         metrics = {**metrics, **health}

@@ -22,10 +22,11 @@ flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-pr
 flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", -1, "This process's index (multi-process runs).")
 flags.DEFINE_string(
-    "compilation_cache_dir", "~/.cache/stars_jax/xla",
+    "compilation_cache_dir",
+    "~/.cache/stars_jax/xla",
     "JAX's persistent compilation cache: reruns and resumes skip recompiling the steps. "
     "'' disables it; the JAX_COMPILATION_CACHE_DIR environment variable wins over this flag.",
-)  # fmt: skip
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -42,9 +42,16 @@ from stars_jax.synthesis import make_synthesizer
 from stars_jax.teacher import resolve_teacher
 
 CONSOLE_KEYS = (
-    "synth/bn", "synth/tar", "synth/rca", "synth/teacher_acc", "synth/class_entropy",
-    "synth/diversity", "kd/loss", "kd/agreement", "eval/student_top1",
-)  # fmt: skip
+    "synth/bn",
+    "synth/tar",
+    "synth/rca",
+    "synth/teacher_acc",
+    "synth/class_entropy",
+    "synth/diversity",
+    "kd/loss",
+    "kd/agreement",
+    "eval/student_top1",
+)
 # The kept batches' health (stars_jax.diagnostics), averaged over the run into the summary.
 HEALTH_KEYS = ("synth/teacher_acc", "synth/class_entropy", "synth/diversity")
 
@@ -116,8 +123,10 @@ def _write_run_info(workdir: Path, config) -> None:
 
 def _place_bank(bank: Bank, mesh) -> Bank:
     sharded, rep = parallel.data_sharded(mesh), parallel.replicated(mesh)
-    return Bank(*parallel.put((bank.images, bank.labels, bank.preds), sharded),
-                *parallel.put((bank.count, bank.cursor), rep))  # fmt: skip
+    return Bank(
+        *parallel.put((bank.images, bank.labels, bank.preds), sharded),
+        *parallel.put((bank.count, bank.cursor), rep),
+    )
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -132,10 +141,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if dc.mode not in ("data_free", "real_data"):
         raise ValueError(f"distill.mode must be 'data_free' or 'real_data', got {dc.mode!r}.")
     mesh = parallel.make_mesh(config.mesh.data)
-    for name, size in (("synth.batch_size", config.synth.batch_size),
-                       ("distill.batch_size", dc.batch_size),
-                       ("distill.bank_size", dc.bank_size),
-                       ("data.eval_batch_size", config.data.eval_batch_size)):  # fmt: skip
+    for name, size in (
+        ("synth.batch_size", config.synth.batch_size),
+        ("distill.batch_size", dc.batch_size),
+        ("distill.bank_size", dc.bank_size),
+        ("data.eval_batch_size", config.data.eval_batch_size),
+    ):
         parallel.check_batch(name, size, mesh)
     rep, batch_sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
 
@@ -157,20 +168,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
         teacher_vars, test, eval_bs
     )
     teacher_eval_s = time.time() - t_eval
-    print(f"Teacher {config.teacher.arch}: top-1 {teacher_top1:.2f}% on {len(test.images)} "
-          "real test images", flush=True)  # fmt: skip
+    print(
+        f"Teacher {config.teacher.arch}: top-1 {teacher_top1:.2f}% on {len(test.images)} "
+        "real test images",
+        flush=True,
+    )
 
     lif = lif_params(config.neuron)
     dtype = compute_dtype(sc.dtype)
     student = make_student(sc.arch, config.data.num_classes, sc.time_steps, lif, dtype)
     optimizer = make_optimizer(dc)
     ctx = KDContext(
-        teacher=teacher_model, student=student, optimizer=optimizer, mean=mean, std=std,
-        t_kd=dc.t_kd, per_time_step=dc.per_time_step, b_rca=dc.b_rca, rca_rep=dc.rca_rep,
-        crop_pad=dc.crop_pad, flip=dc.flip, dtype=dtype, batch_sharding=batch_sh,
-        lr=dc.lr, warmup_steps=dc.lr_warmup_rounds * dc.kd_steps, lr_min=dc.lr_min,
+        teacher=teacher_model,
+        student=student,
+        optimizer=optimizer,
+        mean=mean,
+        std=std,
+        t_kd=dc.t_kd,
+        per_time_step=dc.per_time_step,
+        b_rca=dc.b_rca,
+        rca_rep=dc.rca_rep,
+        crop_pad=dc.crop_pad,
+        flip=dc.flip,
+        dtype=dtype,
+        batch_sharding=batch_sh,
+        lr=dc.lr,
+        warmup_steps=dc.lr_warmup_rounds * dc.kd_steps,
+        lr_min=dc.lr_min,
         num_classes=config.data.num_classes,
-    )  # fmt: skip
+    )
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
     # The schedule's horizon is set below, once the run knows where it stops.
@@ -185,14 +211,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bank = init_bank(dc.bank_size, image_shape)
         warmup_rounds = config.synth.warmup_rounds
         real_health = diagnostics.real_batch_health(
-            teacher_model, teacher_vars, test, config.synth.batch_size, mean, std,
-            config.data.num_classes, seed=config.seed,
-        )  # fmt: skip
-        print(f"Synthesis: {config.synth.method}, {warmup_rounds} warm-up rounds; a real test "
-              f"batch of {config.synth.batch_size} (the reference for synth/*): teacher top-1 "
-              f"{real_health['teacher_acc']:.3f}, class entropy "
-              f"{real_health['class_entropy']:.3f}, diversity {real_health['diversity']:.3f}",
-              flush=True)  # fmt: skip
+            teacher_model,
+            teacher_vars,
+            test,
+            config.synth.batch_size,
+            mean,
+            std,
+            config.data.num_classes,
+            seed=config.seed,
+        )
+        print(
+            f"Synthesis: {config.synth.method}, {warmup_rounds} warm-up rounds; a real test "
+            f"batch of {config.synth.batch_size} (the reference for synth/*): teacher top-1 "
+            f"{real_health['teacher_acc']:.3f}, class entropy "
+            f"{real_health['class_entropy']:.3f}, diversity {real_health['diversity']:.3f}",
+            flush=True,
+        )
     else:  # KD on the real training set: the bank holds it, and nothing is synthesised.
         train, _ = load_train()
         synthesizer, synth_state = None, {}
@@ -235,11 +269,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     budget_s = float(dc.time_budget_s)
     if budget_s < 0:
         raise ValueError(f"distill.time_budget_s must be >= 0 (0 = no budget), got {budget_s}.")
-    print(f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
-          f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
-          f"{stop_at} rounds x {dc.kd_steps} KD steps"
-          + (f", within {budget_s:.0f} s of wall time." if budget_s else "."),
-          flush=True)  # fmt: skip
+    print(
+        f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
+        f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
+        f"{stop_at} rounds x {dc.kd_steps} KD steps"
+        + (f", within {budget_s:.0f} s of wall time." if budget_s else "."),
+        flush=True,
+    )
     accuracy = make_accuracy(student_logits_fn(student, mean, std), mesh)
     rates_fn = jax.jit(student_logits_fn(student, mean, std, with_rates=True), out_shardings=rep)
     writer = metrics_lib.Writer(workdir, stop_at, enabled=is_main)
@@ -279,17 +315,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 carry = _set_horizon(carry, kd_horizon(fit), rep)
                 writer.total = fit
                 if not planned or abs(fit - stop_at) > max(2, stop_at // 20):
-                    print(f"Time budget: {per_round:.2f} s per round, so {fit} rounds fit in "
-                          f"{budget_s:.0f} s; the learning-rate schedule now ends there.",
-                          flush=True)  # fmt: skip
+                    print(
+                        f"Time budget: {per_round:.2f} s per round, so {fit} rounds fit in "
+                        f"{budget_s:.0f} s; the learning-rate schedule now ends there.",
+                        flush=True,
+                    )
                     if fit - warmup_rounds < 2 * dc.lr_warmup_rounds:
-                        print(f"  Warning: distill.lr_warmup_rounds={dc.lr_warmup_rounds} is over "
-                              "half of the student's rounds; lower it for this budget.",
-                              flush=True)  # fmt: skip
+                        print(
+                            f"  Warning: distill.lr_warmup_rounds={dc.lr_warmup_rounds} is over "
+                            "half of the student's rounds; lower it for this budget.",
+                            flush=True,
+                        )
                 planned = stop_at = fit
             elif not budget.next_round_fits(budget_s, elapsed(), per_round, eval_s):
-                print(f"Time budget: stopping after round {r + 1} of {stop_at} to stay within "
-                      f"{budget_s:.0f} s.", flush=True)  # fmt: skip
+                print(
+                    f"Time budget: stopping after round {r + 1} of {stop_at} to stay within "
+                    f"{budget_s:.0f} s.",
+                    flush=True,
+                )
                 planned = stop_at = r + 1
         last = r == stop_at - 1
         if evaluate or last:
@@ -313,12 +356,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         r += 1
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
-    run = {"rounds": r, "time_budget_s": budget_s,
-           "wall_seconds": round(elapsed(), 1)}  # fmt: skip
+    run = {"rounds": r, "time_budget_s": budget_s, "wall_seconds": round(elapsed(), 1)}
     if dc.mode == "data_free":
         run["synthesis"] = _health_summary(health, real_health, warmup_rounds)
-    return _finish(config, workdir, carry[0], teacher_top1, result, lif, image_shape,
-                   (mean, std), run, is_main)  # fmt: skip
+    return _finish(
+        config, workdir, carry[0], teacher_top1, result, lif, image_shape, (mean, std), run, is_main
+    )
 
 
 def _health_summary(health: list[dict], real: dict, warmup_rounds: int) -> dict:
@@ -342,8 +385,12 @@ def _evaluate_student(accuracy, rates_fn, variables, test, batch_size, mesh) -> 
     first = parallel.put(test.images[:batch_size], parallel.data_sharded(mesh))
     _, rates = rates_fn(variables, first)
     rates = {k: float(v) for k, v in rates.items()}
-    return {"top1": top1, "n": len(test.images), "firing_rates": rates,
-            "rate_mean": float(np.mean(list(rates.values())))}  # fmt: skip
+    return {
+        "top1": top1,
+        "n": len(test.images),
+        "firing_rates": rates,
+        "rate_mean": float(np.mean(list(rates.values()))),
+    }
 
 
 def _save_student(path, **kwargs) -> None:
@@ -384,13 +431,20 @@ def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm
         summary["synthesis"] = run["synthesis"]
     if is_main:
         _save_student(
-            workdir / "student", kind="student", arch=config.student.arch,
-            num_classes=config.data.num_classes, variables=parallel.fetch(state.variables),
-            normalization=norm, input_shape=image_shape,
+            workdir / "student",
+            kind="student",
+            arch=config.student.arch,
+            num_classes=config.data.num_classes,
+            variables=parallel.fetch(state.variables),
+            normalization=norm,
+            input_shape=image_shape,
             extra={"time_steps": config.student.time_steps, "lif": dataclasses.asdict(lif)},
-        )  # fmt: skip
+        )
         metrics_lib.write_json(workdir / "summary.json", summary)
-        print(f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1:.2f}%) on "
-              f"{result['n']} real test images; {run['wall_seconds']:.0f}s. "
-              f"Summary: {workdir / 'summary.json'}", flush=True)  # fmt: skip
+        print(
+            f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1:.2f}%) on "
+            f"{result['n']} real test images; {run['wall_seconds']:.0f}s. "
+            f"Summary: {workdir / 'summary.json'}",
+            flush=True,
+        )
     return summary

@@ -63,8 +63,22 @@ def run_steps(out: str) -> None:
             results[f"{method}/{k}"] = np.asarray(v)
         results[f"{method}/images"] = parallel.fetch(images)
     # No augmentation, so the per-device counterfactual below sees the very same images.
-    ctx = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 0, False,
-                    batch_sharding=sh, lr=cfg.distill.lr, warmup_steps=1)  # fmt: skip
+    ctx = KDContext(
+        teacher,
+        student,
+        opt,
+        MEAN,
+        STD,
+        4.0,
+        False,
+        1.0,
+        "logits",
+        0,
+        False,
+        batch_sharding=sh,
+        lr=cfg.distill.lr,
+        warmup_steps=1,
+    )
     batch = np.random.default_rng(0).integers(0, 256, (16, *SHAPE), dtype=np.uint8)
     new_state, m = jax.jit(lambda s, b, k: kd_step(ctx, s, tv, b, k))(
         state, parallel.put(batch, sh), jax.random.key(5)
@@ -72,8 +86,21 @@ def run_steps(out: str) -> None:
     for k, v in m.items():
         results[k] = np.asarray(v)
     # Counterfactual: BN statistics per device (8 chunks of 2), as pmap without sync would do.
-    local = KDContext(teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 0, False,
-                      lr=cfg.distill.lr, warmup_steps=1)  # fmt: skip
+    local = KDContext(
+        teacher,
+        student,
+        opt,
+        MEAN,
+        STD,
+        4.0,
+        False,
+        1.0,
+        "logits",
+        0,
+        False,
+        lr=cfg.distill.lr,
+        warmup_steps=1,
+    )
     host_state, host_tv = jax.device_get((state, tv))
     chunk_vars = [
         kd_step(local, host_state, host_tv, c, jax.random.key(5))[0].batch_stats["bn1"]["var"]

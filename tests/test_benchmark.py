@@ -9,9 +9,20 @@ def test_bench_steps_tiny_runs_both_implementations(tmp_path):
     from benchmarks import bench_steps
 
     rows = bench_steps.main(
-        ["--tiny", "--steps", "2", "--warmup", "1", "--torch_modes", "eager-fp32",
-         "--jax_dtypes", "float32", "--out", str(tmp_path / "rows.json")]
-    )  # fmt: skip
+        [
+            "--tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--torch_modes",
+            "eager-fp32",
+            "--jax_dtypes",
+            "float32",
+            "--out",
+            str(tmp_path / "rows.json"),
+        ]
+    )
     got = {(r["impl"].split("+")[0], r["step"]) for r in rows}
     assert got == {(i, s) for i in ("torch", "stars_jax") for s in ("synthesis", "kd")}
     assert all(r["ms"] > 0 for r in rows)
@@ -58,5 +69,6 @@ def test_torch_side_neuron_equals_stars_jax_lif(prefer_spikingjelly):
     grad = jax.grad(lambda v: jnp.sum(lif(v, params)[0] * w))(jnp.asarray(x))
     assert 0.1 < float(spikes.mean()) < 0.9
     np.testing.assert_array_equal(st.detach().numpy().reshape(T, B, C), np.asarray(spikes))
-    np.testing.assert_allclose(xt.grad.numpy().reshape(T, B, C), np.asarray(grad), rtol=1e-5,
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        xt.grad.numpy().reshape(T, B, C), np.asarray(grad), rtol=1e-5, atol=1e-6
+    )

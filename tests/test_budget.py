@@ -42,15 +42,22 @@ def test_cosine_without_warmup_to_a_floor(floor):
 
 @pytest.mark.parametrize(
     "name,wd,nesterov",
-    [("adam", 0.0, True), ("sgd", 0.0, True), ("adam", 1e-3, True), ("sgd", 5e-4, True),
-     ("sgd", 1e-4, False)],
-)  # fmt: skip
+    [
+        ("adam", 0.0, True),
+        ("sgd", 0.0, True),
+        ("adam", 1e-3, True),
+        ("sgd", 5e-4, True),
+        ("sgd", 1e-4, False),
+    ],
+)
 def test_scheduled_update_equals_optax_optimizer(name, wd, nesterov):
     """Direction x scheduled lr == optax's own optimizer with the schedule inside."""
     cfg = ml_collections.ConfigDict({"optimizer": name, "weight_decay": wd, "nesterov": nesterov})
     schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 2, 8)
-    ref_opt = {"adam": optax.adam(schedule),
-               "sgd": optax.sgd(schedule, momentum=0.9, nesterov=nesterov)}[name]  # fmt: skip
+    ref_opt = {
+        "adam": optax.adam(schedule),
+        "sgd": optax.sgd(schedule, momentum=0.9, nesterov=nesterov),
+    }[name]
     if wd:
         ref_opt = optax.chain(optax.add_decayed_weights(wd), ref_opt)
     opt = make_optimizer(cfg)
@@ -89,14 +96,22 @@ def test_time_budget_stops_the_job_and_ends_the_schedule(tiny_data, tmp_path):
     job plans, stops by itself near the budget, and its cosine schedule reaches ~0 at the last
     round it runs; a rerun resumes into the finished run instead of training on."""
     cache = tmp_path / "cache"
-    one = train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 1}),
-                                   str(tmp_path / "one"))  # fmt: skip
+    one = train.train_and_evaluate(
+        _config(tiny_data, cache, **{"distill.rounds": 1}), str(tmp_path / "one")
+    )
     # Compilation, teacher training and evaluation set the floor; machines differ, so the
     # budget is relative to this machine's one-round job.
     budget_s = one["wall_seconds"] + 20.0
-    c = _config(tiny_data, cache, **{"distill.rounds": 10_000,
-                "distill.time_budget_s": budget_s, "distill.eval_every": 25,
-                "ckpt.every": 25})  # fmt: skip
+    c = _config(
+        tiny_data,
+        cache,
+        **{
+            "distill.rounds": 10_000,
+            "distill.time_budget_s": budget_s,
+            "distill.eval_every": 25,
+            "ckpt.every": 25,
+        },
+    )
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
     rounds = summary["rounds"]
     assert budget.CALIBRATION_ROUNDS < rounds < 10_000, summary

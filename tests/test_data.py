@@ -13,8 +13,18 @@ from PIL import Image
 
 from stars_jax import data
 
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
-                 "dog", "frog", "horse", "ship", "truck"]  # fmt: skip
+CIFAR10_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -85,8 +95,9 @@ def cifar100(tmp_path):
         _write_pickle(d / split, {**rec, b"coarse_labels": [int(v) // 5 for v in y]})
         splits[split] = (x, y)
     coarse = [f"coarse_{i}".encode() for i in range(20)]
-    _write_pickle(d / "meta", {b"fine_label_names": [n.encode() for n in fine],
-                               b"coarse_label_names": coarse})  # fmt: skip
+    _write_pickle(
+        d / "meta", {b"fine_label_names": [n.encode() for n in fine], b"coarse_label_names": coarse}
+    )
     tar = _tar_dir(d, tmp_path / "cifar-100-python.tar.gz")
     return types.SimpleNamespace(dir=d, tar=tar, names=fine, **splits)
 
@@ -140,17 +151,23 @@ def tiny_imagenet(tmp_path):
     root = tmp_path / "tiny-imagenet-200"
     root.mkdir()
     (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    words = ["n00001740\tentity", "n01443537\tgoldfish, Carassius auratus",
-             "n01629819\tEuropean fire salamander, Salamandra salamandra",
-             "n01641577\tbullfrog, Rana catesbeiana"]  # fmt: skip
+    words = [
+        "n00001740\tentity",
+        "n01443537\tgoldfish, Carassius auratus",
+        "n01629819\tEuropean fire salamander, Salamandra salamandra",
+        "n01641577\tbullfrog, Rana catesbeiana",
+    ]
     (root / "words.txt").write_text("\n".join(words) + "\n")
     for w in WNIDS:
         for i in range(2):
             px = np.full((64, 64, 3), COLOURS[w], np.uint8)
             _save(root / "train" / w / "images" / f"{w}_{i}.JPEG", px, "JPEG")
         (root / "train" / w / f"{w}_boxes.txt").write_text(f"{w}_0.JPEG\t0\t0\t63\t63\n")
-    _save(root / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_1.JPEG",
-          np.full((64, 64), 90, np.uint8), "JPEG")  # fmt: skip
+    _save(
+        root / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_1.JPEG",
+        np.full((64, 64), 90, np.uint8),
+        "JPEG",
+    )
     val = [WNIDS[2], WNIDS[0], WNIDS[1], WNIDS[2]]
     for i, w in enumerate(val):
         _save(root / "val" / "images" / f"val_{i}.JPEG", np.full((64, 64, 3), COLOURS[w], np.uint8))
@@ -403,10 +420,14 @@ def test_tfds_with_fake_module_and_path_parsing(monkeypatch):
 def test_load_dataset_and_detect_kind(cifar10, cifar100, image_folder, tiny_imagenet, tmp_path):
     idx_root, _ = _idx_dir(tmp_path / "mnist")
     cases = {
-        cifar10.tar: "cifar_python", cifar10.dir: "cifar_python", cifar100.tar: "cifar_python",
-        cifar100.dir: "cifar_python", idx_root: "idx", image_folder[0]: "image_folder",
+        cifar10.tar: "cifar_python",
+        cifar10.dir: "cifar_python",
+        cifar100.tar: "cifar_python",
+        cifar100.dir: "cifar_python",
+        idx_root: "idx",
+        image_folder[0]: "image_folder",
         tiny_imagenet[0]: "tiny_imagenet",
-    }  # fmt: skip
+    }
     for path, kind in cases.items():
         assert data.detect_kind(str(path)) == kind, path
         split = "val" if kind == "tiny_imagenet" else "test"

@@ -22,8 +22,14 @@ CHECK = ROOT / "tests" / "parallel_check.py"
 
 def _run(args, devices, timeout=600):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    out = subprocess.run([sys.executable, str(CHECK), *map(str, args)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(CHECK), *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -35,8 +41,14 @@ def test_one_step_each_matches_on_1_and_8_devices(tmp_path):
     assert int(one["num_devices"]) == 1 and int(eight["num_devices"]) == 8
     keys = [k for k in one.files if k != "num_devices"]
     assert any(k.startswith("state['params']") for k in keys)
-    assert {"deepinversion/synth/bn", "fast/synth/tar", "nayer/synth/bn", "cmi/synth/cr",
-            "cmi/round2/synth/cr", "kd/kd"} <= set(keys)  # fmt: skip
+    assert {
+        "deepinversion/synth/bn",
+        "fast/synth/tar",
+        "nayer/synth/bn",
+        "cmi/synth/cr",
+        "cmi/round2/synth/cr",
+        "kd/kd",
+    } <= set(keys)
     for k in keys:
         np.testing.assert_allclose(eight[k], one[k], rtol=1e-5, atol=2e-6, err_msg=k)
     # Statistics over the global batch: per-device BN (2 images each) would have given other
@@ -77,12 +89,27 @@ def test_two_processes_agree_with_one(tiny_setup):
     )
     procs = []
     for pid in (0, 1):
-        args = ["train", root / f"multi{pid}.json", data, cache, root / "multi", 4,
-                f"localhost:{port}", 2, pid]  # fmt: skip
-        procs.append(subprocess.Popen(
-            [sys.executable, str(CHECK), *map(str, args)],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
+        args = [
+            "train",
+            root / f"multi{pid}.json",
+            data,
+            cache,
+            root / "multi",
+            4,
+            f"localhost:{port}",
+            2,
+            pid,
+        ]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(CHECK), *map(str, args)],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
     assert "8 device(s) in 2 process(es)" in logs[0]
@@ -92,8 +119,10 @@ def test_two_processes_agree_with_one(tiny_setup):
     # bank stores uint8 images, so ~1e-6 differences in the generator (other reduction order
     # over 8 devices) flip some pixels by one level, and a spiking student turns such flips
     # into spike flips. So later rounds get the same schedule and a loose match only.
-    rows = {name: [json.loads(line) for line in (root / name / "metrics.jsonl").open()]
-            for name in ("single", "multi")}  # fmt: skip
+    rows = {
+        name: [json.loads(line) for line in (root / name / "metrics.jsonl").open()]
+        for name in ("single", "multi")
+    }
     assert [r["round"] for r in rows["multi"]] == [r["round"] for r in rows["single"]]
     for a, b in zip(rows["single"], rows["multi"], strict=True):
         assert a.keys() == b.keys()

@@ -134,9 +134,17 @@ def test_percentile_tar_matches_numpy_and_vanishes_on_its_reference(nets, two_si
     teacher, tv, student, sv = nets
     t, k = 0.3, 0.5
     cfg = _cfg(
-        a_bn=0.0, a_oh=0.0, a_adv=0.0, l_rca=0.0, l_tar=1.0, tar_thresholds="percentile",
-        tar_temperature=t, tar_k=(k,), tar_two_sided=two_sided, tar_layers="stage_last",
-    )  # fmt: skip
+        a_bn=0.0,
+        a_oh=0.0,
+        a_adv=0.0,
+        l_rca=0.0,
+        l_tar=1.0,
+        tar_thresholds="percentile",
+        tar_temperature=t,
+        tar_k=(k,),
+        tar_two_sided=two_sided,
+        tar_layers="stage_last",
+    )
     x = jax.random.normal(jax.random.key(2), (8, *SHAPE))
     x_ref = 0.5 + 2.0 * jax.random.normal(jax.random.key(3), (8, *SHAPE))
     y = jnp.arange(8) % K
@@ -146,8 +154,9 @@ def test_percentile_tar_matches_numpy_and_vanishes_on_its_reference(nets, two_si
     ref = tar_reference(x_ref, tv, teacher=teacher, cfg=cfg)
     # Reference in numpy: per channel the Phi(k) quantile of the reference batch (lower tail:
     # its 1 - Phi(k) quantile), scale its std, target its own soft exceedance.
-    bn_of = lambda xx: teacher_bn(teacher.apply(tv, xx, mutable=["intermediates"])[1][
-        "intermediates"], tv["batch_stats"])  # fmt: skip
+    bn_of = lambda xx: teacher_bn(
+        teacher.apply(tv, xx, mutable=["intermediates"])[1]["intermediates"], tv["batch_stats"]
+    )
     bn, bn_ref = bn_of(x), bn_of(x_ref)
     p = scipy.stats.norm.cdf(k)
     np.testing.assert_allclose(gaussian_quantile(k), p, rtol=1e-12)
@@ -362,9 +371,21 @@ def test_random_resized_crop():
 def _ctx(nets, opt):
     teacher, _, student, _ = nets
     return KDContext(
-        teacher, student, opt, MEAN, STD, 4.0, False, 1.0, "logits", 2, True,
-        lr=1e-3, warmup_steps=1, num_classes=K,
-    )  # fmt: skip
+        teacher,
+        student,
+        opt,
+        MEAN,
+        STD,
+        4.0,
+        False,
+        1.0,
+        "logits",
+        2,
+        True,
+        lr=1e-3,
+        warmup_steps=1,
+        num_classes=K,
+    )
 
 
 def test_percentile_tar_takes_its_thresholds_from_the_bank(nets):

@@ -53,9 +53,14 @@ def _config(data, cache, **over):
 
 def _cli(data, cache, workdir, *extra):
     return [
-        sys.executable, "-m", "stars_jax.main", f"--config={TINY}:{data}", f"--workdir={workdir}",
-        f"--config.teacher.cache_dir={cache}", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "stars_jax.main",
+        f"--config={TINY}:{data}",
+        f"--workdir={workdir}",
+        f"--config.teacher.cache_dir={cache}",
+        *extra,
+    ]
 
 
 def _last_metrics(workdir):
@@ -73,16 +78,21 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
         assert (ref_dir / name).exists(), name
     # Grids at the end of the synthesis-only warm-up (1 round) and at every evaluation.
     assert sorted(p.name for p in (ref_dir / "images").iterdir()) == [
-        "round_0001.png", "round_0002.png", "round_0004.png", "round_0006.png"
-    ]  # fmt: skip
+        "round_0001.png",
+        "round_0002.png",
+        "round_0004.png",
+        "round_0006.png",
+    ]
     logged = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
     assert not any(k.startswith("kd/") for k in logged[0]) and "synth/adv" not in logged[0]
     assert "kd/loss" in logged[1] and "synth/adv" in logged[1]  # the student after warm-up
     assert summary["kd_steps"] == 5 * 2  # 6 rounds, 1 of warm-up, 2 KD steps each
     health = summary["synthesis"]
     assert health["warmup_rounds"] == 1 and set(health["real_batch"]) == {
-        "teacher_acc", "class_entropy", "diversity"
-    }  # fmt: skip
+        "teacher_acc",
+        "class_entropy",
+        "diversity",
+    }
     assert 0 <= health["teacher_acc"] <= 1 and 0 <= health["bank_entropy"] <= np.log(4) + 1e-6
     assert 0.0 <= summary["student"]["top1"] <= 100.0 and summary["student"]["firing_rates"]
     assert summary["teacher"]["top1"] > 50.0  # the cached teacher learned the colours
@@ -139,8 +149,11 @@ def test_stars_terms_start_at_their_round(tiny_data, tmp_path):
 def test_unknown_config_key_is_an_error(tiny_data, tmp_path):
     out = subprocess.run(
         _cli(tiny_data, tmp_path, tmp_path / "w", "--config.distill.no_such_key=1"),
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0 and "no_such_key" in out.stderr
 
 
