@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stars_jax.apply import NORMALIZATION  # noqa: E402
 from stars_jax.config import base_config  # noqa: E402
 from stars_jax.distill import KDContext, init_train_state, kd_step, make_optimizer  # noqa: E402
 from stars_jax.models.students import SpikingResNet  # noqa: E402
@@ -44,7 +45,7 @@ from stars_jax.synthesis import make_synthesizer  # noqa: E402
 
 # Dense peak of one device, FLOP/s, by JAX device_kind substring: (bf16, fp32 non-tensor-core).
 PEAKS = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12)}
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+MEAN, STD = NORMALIZATION["cifar10"]
 
 
 def _setting(tiny: bool):

@@ -77,9 +77,3 @@ def random_crop_flip(
         return jnp.where(flip, crop[:, ::-1], crop)
 
     return jax.vmap(one)(padded, offsets, flips)
-
-
-def normalize(images_u8: jax.Array, mean, std, dtype=jnp.float32) -> jax.Array:
-    """uint8 pixels -> per-channel normalised floats, as the teacher expects."""
-    x = images_u8.astype(jnp.float32) / 255.0
-    return ((x - jnp.asarray(mean)) / jnp.asarray(std)).astype(dtype)

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stars_jax.apply import NORMALIZATION
 from stars_jax.model_dir import save_model_dir
 from stars_jax.models.teachers import TEACHERS, make_teacher
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+CIFAR10_MEAN, CIFAR10_STD = NORMALIZATION["cifar10"]
 NAMED_NORMALIZATIONS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "none": ((0.0,) * 3, (1.0,) * 3)}
 _IGNORED_LEAVES = ("num_batches_tracked",)
 _HEAD_NAMES = ("linear", "fc", "classifier")

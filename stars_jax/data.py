@@ -37,14 +37,6 @@ class Dataset(NamedTuple):
     class_names: tuple[str, ...]
 
 
-# Per-channel (mean, std) of pixels scaled to [0, 1]. cifar10: the values the teachers in
-# shared/teachers were trained with (std is the widespread 0.2023 variant, not the exact one).
-# fashion_mnist: computed here on the 60k training images. Others are left out until checked.
-NORMALIZATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-}
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stars_jax.bank import normalize
+from stars_jax.apply import normalize
 
 
 def feature_diversity(feats) -> jax.Array:

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from stars_jax import losses
-from stars_jax.bank import Bank, bank_add, bank_sample, normalize, random_crop_flip
+from stars_jax.apply import normalize
+from stars_jax.bank import Bank, bank_add, bank_sample, random_crop_flip
 from stars_jax.diagnostics import batch_health, class_entropy
 from stars_jax.neurons import LIFParams
 from stars_jax.objective import TarReference, tar_reference

@@ -27,6 +27,7 @@ import numpy as np
 from flax import serialization
 
 import stars_jax
+from stars_jax.apply import logits_fn
 
 META_FILE = "model.json"
 VARIABLES_FILE = "variables.msgpack"
@@ -45,6 +46,8 @@ class LoadedModel(NamedTuple):
       meta: the parsed ``model.json``.
       variables: ``{"params": ..., "batch_stats": ...}`` as numpy float32 arrays.
       model: the Flax module (teacher or student) that ``variables`` belong to.
+      logits: ``(variables, x [B, H, W, C]) -> logits [B, K]`` (``apply.logits_fn``): what
+        ``stars_jax.evaluate`` runs.
       predict: ``x [B, H, W, C]`` (uint8 in [0, 255] or float in [0, 1]) -> ``logits [B, K]``;
         normalises, and for students averages the per-step logits over time. It is a
         ``jax.tree_util.Partial`` over a jitted function with the variables as its bound
@@ -55,6 +58,7 @@ class LoadedModel(NamedTuple):
     meta: dict
     variables: dict
     model: nn.Module
+    logits: Callable
     predict: Callable[[jax.Array], jax.Array]
 
 
@@ -188,28 +192,14 @@ def build_model(meta: Mapping, dtype: Any = jnp.float32) -> nn.Module:
     raise ValueError(f"model.json kind must be one of {KINDS}, got {meta['kind']!r}.")
 
 
-def _forward(model: nn.Module, kind: str, mean, std, variables, x):
-    """``x [B, H, W, C]`` uint8 or float in [0, 1] -> logits [B, K] (time-averaged for SNNs)."""
-    if x.dtype == jnp.uint8:
-        x = x.astype(jnp.float32) / 255.0
-    x = (x.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
-    logits, _ = model.apply(variables, x, train=False)
-    if kind == "student":
-        logits = jnp.mean(logits, axis=0)  # [T, B, K] -> [B, K]: the rate-decoded prediction.
-    return logits
-
-
-def make_predict(model: nn.Module, meta: Mapping, variables: Mapping) -> Callable:
-    """``predict(x [B, H, W, C]) -> logits [B, K]`` for a model directory's module and meta.
+def make_predict(logits: Callable, variables: Mapping) -> Callable:
+    """``predict(x [B, H, W, C]) -> logits [B, K]``: ``logits`` jitted, with ``variables`` bound.
 
     Returns a ``jax.tree_util.Partial`` whose bound argument is ``variables``: callers that jit
-    through it (e.g. ``stars_jax.evaluate``) get the weights as jit arguments, not constants.
+    through it get the weights as jit arguments, not constants.
     """
-    norm = meta["normalization"]
-    mean, std = tuple(norm["mean"]), tuple(norm["std"])
-    fn = jax.jit(functools.partial(_forward, model, meta["kind"], mean, std))
     # On the device once, rather than copied from host memory on every call.
-    return jax.tree_util.Partial(fn, jax.device_put(variables))
+    return jax.tree_util.Partial(jax.jit(logits), jax.device_put(variables))
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -274,4 +264,6 @@ def load_model_dir(
     variables = serialization.msgpack_restore((path / VARIABLES_FILE).read_bytes())
     if validate:
         _check_variables(model, meta, variables, path)
-    return LoadedModel(meta, variables, model, make_predict(model, meta, variables))
+    norm = meta["normalization"]
+    logits = logits_fn(model, meta["kind"], tuple(norm["mean"]), tuple(norm["std"]))
+    return LoadedModel(meta, variables, model, logits, make_predict(logits, variables))

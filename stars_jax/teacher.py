@@ -17,7 +17,8 @@ import optax
 
 from stars_jax import data as data_lib
 from stars_jax import losses
-from stars_jax.bank import normalize, random_crop_flip
+from stars_jax.apply import NORMALIZATION, normalize
+from stars_jax.bank import random_crop_flip
 from stars_jax.distill import TrainState, init_train_state
 from stars_jax.evaluate import evaluate
 from stars_jax.model_dir import check_model_dir, load_model_dir, save_model_dir
@@ -26,8 +27,8 @@ from stars_jax.models.teachers import make_teacher
 
 def normalization_for(data_cfg, train_images: np.ndarray | None):
     """Known per-channel (mean, std) for the dataset, else measured on its training images."""
-    if data_cfg.name in data_lib.NORMALIZATION:
-        return data_lib.NORMALIZATION[data_cfg.name]
+    if data_cfg.name in NORMALIZATION:
+        return NORMALIZATION[data_cfg.name]
     if train_images is None:
         raise ValueError(f"No normalization known for dataset {data_cfg.name!r}.")
     x = train_images.astype(np.float64) / 255.0
@@ -105,7 +106,9 @@ def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_d
         extra={"trained_on": config.data.name, "epochs": tcfg.train_epochs, "seed": config.seed},
     )
     loaded = load_model_dir(path)
-    result = evaluate(loaded.predict, test.images, test.labels, config.data.eval_batch_size)
+    result = evaluate(
+        loaded.logits, loaded.variables, test.images, test.labels, config.data.eval_batch_size
+    )
     print(
         f"Teacher top-1 on the real {config.data.name} {config.data.test_split} split: "
         f"{result['top1']:.2f}% ({result['n']} images); saved to {path}",

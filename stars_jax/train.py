@@ -13,20 +13,19 @@ Workdir contents: ``config.json`` (resolved config, versions, devices), ``metric
 from __future__ import annotations
 
 import dataclasses
-import functools
 import tempfile
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import stars_jax
 from stars_jax import budget, checkpoint, diagnostics, parallel
 from stars_jax import data as data_lib
 from stars_jax import metrics as metrics_lib
-from stars_jax.bank import Bank, init_bank, normalize
+from stars_jax.apply import check_dataset, logits_fn
+from stars_jax.bank import Bank, init_bank
 from stars_jax.distill import (
     KDContext,
     compute_dtype,
@@ -36,8 +35,9 @@ from stars_jax.distill import (
     make_round_steps,
     run_round,
 )
+from stars_jax.evaluate import make_evaluator
 from stars_jax.model_dir import build_model, save_model_dir
-from stars_jax.models.students import firing_rates, make_student
+from stars_jax.models.students import make_student
 from stars_jax.synthesis import make_synthesizer
 from stars_jax.teacher import resolve_teacher
 
@@ -65,49 +65,6 @@ def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Pa
             f"Last good checkpoint: {kept} in {ckpt_dir}. Lower synth.lr / distill.lr or the "
             "weight of the named term, then rerun the same command to resume."
         )
-
-
-def make_accuracy(logits_fn, mesh):
-    """``accuracy(variables, dataset, batch_size) -> top-1 %`` with batches split over the mesh.
-
-    ``logits_fn(variables, images_u8 [B, H, W, C]) -> logits [B, K]``. The last batch is
-    padded to the compiled shape and masked; every process loads the same split and places
-    only its own devices' shards.
-    """
-
-    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
-    def batch_correct(variables, images, labels, valid):
-        hit = jnp.argmax(logits_fn(variables, images), -1) == labels
-        return jnp.sum(hit & valid)
-
-    def accuracy(variables, ds: data_lib.Dataset, batch_size: int) -> float:
-        n, correct = len(ds.images), 0
-        for start in range(0, n, batch_size):
-            idx = np.arange(start, start + batch_size)
-            valid = idx < n
-            idx = np.where(valid, idx, 0)
-            batch = parallel.put(
-                (ds.images[idx], ds.labels[idx], valid), parallel.data_sharded(mesh)
-            )
-            correct += int(batch_correct(variables, *batch))
-        return 100.0 * correct / n
-
-    return accuracy
-
-
-def teacher_logits_fn(teacher, mean, std):
-    return lambda v, x: teacher.apply(v, normalize(x, mean, std))[0]
-
-
-def student_logits_fn(student, mean, std, with_rates=False):
-    def fn(variables, images_u8):
-        (logits_t, _), state = student.apply(
-            variables, normalize(images_u8, mean, std), mutable=["firing_rates"]
-        )
-        logits = jnp.mean(logits_t.astype(jnp.float32), 0)
-        return (logits, firing_rates(state["firing_rates"])) if with_rates else logits
-
-    return fn
 
 
 def _write_run_info(workdir: Path, config) -> None:
@@ -156,17 +113,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mean = tuple(teacher.meta["normalization"]["mean"])
     std = tuple(teacher.meta["normalization"]["std"])
     image_shape = tuple(teacher.meta["input_shape"])
-    if tuple(test.images.shape[1:]) != image_shape:
-        raise ValueError(
-            f"Test images are {test.images.shape[1:]} but the teacher expects {image_shape}."
-        )
+    check_dataset(test.images.shape, None, teacher.meta)
     teacher_vars = parallel.put(teacher.variables, rep)
     teacher_model = build_model(teacher.meta, compute_dtype(config.teacher.dtype))
     eval_bs = config.data.eval_batch_size
     t_eval = time.time()
-    teacher_top1 = make_accuracy(teacher_logits_fn(teacher_model, mean, std), mesh)(
-        teacher_vars, test, eval_bs
-    )
+    teacher_top1 = make_evaluator(logits_fn(teacher_model, "teacher", mean, std), mesh)(
+        teacher_vars, test.images, test.labels, eval_bs
+    )["top1"]
     teacher_eval_s = time.time() - t_eval
     print(
         f"Teacher {config.teacher.arch}: top-1 {teacher_top1:.2f}% on {len(test.images)} "
@@ -276,8 +230,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         + (f", within {budget_s:.0f} s of wall time." if budget_s else "."),
         flush=True,
     )
-    accuracy = make_accuracy(student_logits_fn(student, mean, std), mesh)
-    rates_fn = jax.jit(student_logits_fn(student, mean, std, with_rates=True), out_shardings=rep)
+    accuracy = make_evaluator(logits_fn(student, "student", mean, std), mesh)
+    rates_fn = jax.jit(logits_fn(student, "student", mean, std, with_rates=True), out_shardings=rep)
     writer = metrics_lib.Writer(workdir, stop_at, enabled=is_main)
     writer.drop_after(start - 1)
     result, iter_secs, health = {}, [], []
@@ -381,7 +335,7 @@ def _set_horizon(carry, total_steps: int, sharding):
 
 
 def _evaluate_student(accuracy, rates_fn, variables, test, batch_size, mesh) -> dict:
-    top1 = accuracy(variables, test, batch_size)
+    top1 = accuracy(variables, test.images, test.labels, batch_size)["top1"]
     first = parallel.put(test.images[:batch_size], parallel.data_sharded(mesh))
     _, rates = rates_fn(variables, first)
     rates = {k: float(v) for k, v in rates.items()}

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stars_jax.bank import bank_add, bank_sample, init_bank, normalize, random_crop_flip, to_uint8
+from stars_jax.apply import normalize
+from stars_jax.bank import bank_add, bank_sample, init_bank, random_crop_flip, to_uint8
 
 
 def test_ring_buffer_wraps_and_counts():

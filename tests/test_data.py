@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from stars_jax import data
+from stars_jax.apply import NORMALIZATION
 
 CIFAR10_NAMES = [
     "airplane",
@@ -476,4 +477,4 @@ def test_real_fashion_mnist():
     np.testing.assert_array_equal(np.bincount(ds.labels), [1000] * 10)
     assert ds.labels[0] == 9  # the first test image is the well-known ankle boot
     mean = ds.images.mean() / 255
-    assert abs(mean - data.NORMALIZATION["fashion_mnist"][0][0]) < 0.01
+    assert abs(mean - NORMALIZATION["fashion_mnist"][0][0]) < 0.01

@@ -16,7 +16,9 @@ from stars_jax import train
 from stars_jax.config import load_config_file
 from stars_jax.data import load_dataset
 from stars_jax.evaluate import evaluate
+from stars_jax.evaluate import main as evaluate_cli
 from stars_jax.model_dir import load_model_dir
+from stars_jax.teacher import cached_teacher_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.py"
@@ -98,10 +100,18 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     assert summary["teacher"]["top1"] > 50.0  # the cached teacher learned the colours
     student = load_model_dir(ref_dir / "student")
     assert student.meta["kind"] == "student" and student.meta["time_steps"] == 2
-    # The saved student, evaluated by the evaluate CLI's code path, scores what the run said.
+    # The saved student and the teacher, evaluated by the evaluate CLI at another batch size
+    # (other padding), score what the run said: one evaluation path.
     test = load_dataset("image_folder", str(tiny_data), "test")
-    result = evaluate(student.predict, test.images, test.labels, batch_size=16)
+    result = evaluate(student.logits, student.variables, test.images, test.labels, batch_size=10)
     assert result["top1"] == pytest.approx(summary["student"]["top1"])
+    teacher_dir = cached_teacher_dir(_config(tiny_data, cache))
+    for model_dir, want in (
+        (ref_dir / "student", summary["student"]),
+        (teacher_dir, summary["teacher"]),
+    ):
+        args = ["--model", str(model_dir), "--data_dir", str(tiny_data), "--batch_size", "12"]
+        assert evaluate_cli(args)["top1"] == pytest.approx(want["top1"])
     rounds = [json.loads(x)["round"] for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds == list(range(6))
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from stars_jax.apply import normalize
 from stars_jax.objective import (
     BNMoments,
     SynthAux,
@@ -54,7 +55,7 @@ class SynthSetup:
     batch_sharding: Any = None  # NamedSharding of [B, ...] batches under a mesh, or None
 
     def normalize(self, x01):
-        return (x01 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+        return normalize(x01, self.mean, self.std)
 
     def batch(self, x):
         return constrain(x, self.batch_sharding)
