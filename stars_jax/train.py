@@ -262,32 +262,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
         # from the student rounds after them.
         if budget_s and r + 1 < stop_at and not warm:
             per_round = budget.round_seconds(iter_secs + [time.time() - t_iter])
-            per_round = parallel.agree(per_round)
-            calibrated = r + 1 - max(start, warmup_rounds) >= budget.CALIBRATION_ROUNDS
-            if calibrated and (not planned or evaluate):
-                fit = budget.plan_rounds(budget_s, elapsed(), r + 1, per_round, eval_s, dc.rounds)
-                carry = _set_horizon(carry, kd_horizon(fit), rep)
-                writer.total = fit
-                if not planned or abs(fit - stop_at) > max(2, stop_at // 20):
-                    print(
-                        f"Time budget: {per_round:.2f} s per round, so {fit} rounds fit in "
-                        f"{budget_s:.0f} s; the learning-rate schedule now ends there.",
-                        flush=True,
-                    )
-                    if fit - warmup_rounds < 2 * dc.lr_warmup_rounds:
-                        print(
-                            f"  Warning: distill.lr_warmup_rounds={dc.lr_warmup_rounds} is over "
-                            "half of the student's rounds; lower it for this budget.",
-                            flush=True,
-                        )
-                planned = stop_at = fit
-            elif not budget.next_round_fits(budget_s, elapsed(), per_round, eval_s):
-                print(
-                    f"Time budget: stopping after round {r + 1} of {stop_at} to stay within "
-                    f"{budget_s:.0f} s.",
-                    flush=True,
-                )
-                planned = stop_at = r + 1
+            plan = budget.decide(
+                budget.Plan(stop_at, planned),
+                budget_s=budget_s,
+                elapsed_s=elapsed(),
+                rounds_done=r + 1,
+                student_rounds_timed=r + 1 - max(start, warmup_rounds),
+                round_s=parallel.agree(per_round),
+                reserve_s=eval_s,
+                max_rounds=dc.rounds,
+                evaluating=evaluate,
+                warmup_rounds=warmup_rounds,
+                lr_warmup_rounds=dc.lr_warmup_rounds,
+            )
+            if plan.refit:
+                carry = _set_horizon(carry, kd_horizon(plan.stop_at), rep)
+                writer.total = plan.stop_at
+            for note in plan.notes:
+                print(note, flush=True)
+            stop_at, planned = plan.stop_at, plan.planned
         last = r == stop_at - 1
         if evaluate or last:
             t_eval = time.time()

@@ -86,6 +86,48 @@ def test_plan_rounds_closed_forms():
     assert budget.round_seconds([30.0]) == 0.0  # unknown yet: one more round finds out
 
 
+# budget.decide, table-driven: (plan before, measurements, plan after, words in the notes).
+# Every row: a 100 s budget, at most 1000 rounds, 3 rounds done, rounds of 2 s, 6 s reserved.
+_DECISIONS = [
+    # Calibrating (2 student rounds timed), time enough: nothing changes.
+    ((50, 0), dict(timed=2, elapsed=10), (50, 0, False), ()),
+    # Calibrating, but the next round would overrun: stop now.
+    ((50, 0), dict(timed=2, elapsed=93), (3, 3, False), ("stopping after round 3 of 50",)),
+    # Calibrated and not planned yet: 84 s left, 42 more rounds, the schedule refitted.
+    ((50, 0), dict(timed=3, elapsed=10), (45, 45, True), ("45 rounds fit in 100 s",)),
+    # Planned, no evaluation this round, time enough: nothing changes.
+    ((45, 45), dict(timed=9, elapsed=10), (45, 45, False), ()),
+    # Planned, an evaluation: plan again; a move of 1 round is applied but not reported.
+    ((44, 44), dict(timed=9, elapsed=10, evaluating=True), (45, 45, True), ()),
+    # ... a move of 15 rounds is reported.
+    ((60, 60), dict(timed=9, elapsed=10, evaluating=True), (45, 45, True), ("45 rounds fit",)),
+    # Planned, the next round would overrun: stop early.
+    ((45, 45), dict(timed=9, elapsed=93), (3, 3, False), ("stopping after round 3 of 45",)),
+    # A plan that leaves the learning-rate warm-up over half of the student rounds warns.
+    ((50, 0), dict(timed=3, elapsed=80, lr_warmup=5), (10, 10, True), ("Warning", "lower it")),
+]
+
+
+@pytest.mark.parametrize("before,seen,after,words", _DECISIONS)
+def test_budget_decisions(before, seen, after, words):
+    plan = budget.decide(
+        budget.Plan(*before),
+        budget_s=100.0,
+        elapsed_s=seen["elapsed"],
+        rounds_done=3,
+        student_rounds_timed=seen["timed"],
+        round_s=2.0,
+        reserve_s=6.0,
+        max_rounds=1000,
+        evaluating=seen.get("evaluating", False),
+        warmup_rounds=1,
+        lr_warmup_rounds=seen.get("lr_warmup", 0),
+    )
+    assert (plan.stop_at, plan.planned, plan.refit) == after
+    text = " ".join(plan.notes)
+    assert all(w in text for w in words) and bool(text) == bool(words), text
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return make_tiny_data(tmp_path_factory.mktemp("budgetdata"))
