@@ -16,6 +16,7 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -303,12 +304,37 @@ def train_and_evaluate(config, workdir: str) -> dict:
         r += 1
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
-    run = {"rounds": r, "time_budget_s": budget_s, "wall_seconds": round(elapsed(), 1)}
-    if dc.mode == "data_free":
-        run["synthesis"] = _health_summary(health, real_health, warmup_rounds)
-    return _finish(
-        config, workdir, carry[0], teacher_top1, result, lif, image_shape, (mean, std), run, is_main
+    record = RunRecord(
+        teacher_top1=teacher_top1,
+        student=result,
+        rounds=r,
+        warmup_rounds=warmup_rounds,
+        time_budget_s=budget_s,
+        wall_seconds=round(elapsed(), 1),
+        synthesis=_health_summary(health, real_health, warmup_rounds)
+        if dc.mode == "data_free"
+        else None,
     )
+    summary = run_summary(config, record)
+    if is_main:
+        _save_student(
+            workdir / "student",
+            kind="student",
+            arch=sc.arch,
+            num_classes=config.data.num_classes,
+            variables=parallel.fetch(carry[0].variables),
+            normalization=(mean, std),
+            input_shape=image_shape,
+            extra={"time_steps": sc.time_steps, "lif": dataclasses.asdict(lif)},
+        )
+        metrics_lib.write_json(workdir / "summary.json", summary)
+        print(
+            f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1:.2f}%) on "
+            f"{result['n']} real test images; {record.wall_seconds:.0f}s. "
+            f"Summary: {workdir / 'summary.json'}",
+            flush=True,
+        )
+    return summary
 
 
 def _health_summary(health: list[dict], real: dict, warmup_rounds: int) -> dict:
@@ -351,47 +377,43 @@ def _save_student(path, **kwargs) -> None:
             (path / f.name).write_bytes(f.read_bytes())
 
 
-def _finish(config, workdir, state, teacher_top1, result, lif, image_shape, norm, run, is_main):
+class RunRecord(NamedTuple):
+    """What a finished run measured; ``run_summary`` turns it into ``summary.json``."""
+
+    teacher_top1: float
+    student: dict  # _evaluate_student's result on the real test split
+    rounds: int  # rounds run in all, warm-up included
+    warmup_rounds: int  # synthesis-only rounds (no KD step)
+    time_budget_s: float
+    wall_seconds: float
+    synthesis: dict | None  # the synthetic data's health (data-free runs)
+
+
+def run_summary(config, record: RunRecord) -> dict:
+    """``summary.json``: the config's identity, the teacher's and the student's accuracy, the
+    rounds and KD steps run, the wall time and, for data-free runs, the synthetic data's health."""
+    student = record.student
     summary = {
         "dataset": config.data.name,
-        "teacher": {"arch": config.teacher.arch, "top1": teacher_top1},
+        "teacher": {"arch": config.teacher.arch, "top1": record.teacher_top1},
         "student": {
             "arch": config.student.arch,
             "time_steps": config.student.time_steps,
-            "top1": result["top1"],
-            "n": result["n"],
-            "firing_rates": result["firing_rates"],
-            "rate_mean": result["rate_mean"],
+            "top1": student["top1"],
+            "n": student["n"],
+            "firing_rates": student["firing_rates"],
+            "rate_mean": student["rate_mean"],
         },
         "mode": config.distill.mode,
         "method": config.synth.method,
         "stars": bool(config.synth.l_rca or config.synth.l_tar or config.distill.b_rca),
         "seed": config.seed,
-        "rounds": run["rounds"],
-        "kd_steps": max(run["rounds"] - run.get("synthesis", {}).get("warmup_rounds", 0), 0)
-        * config.distill.kd_steps,
-        "time_budget_s": run["time_budget_s"],
-        "wall_seconds": run["wall_seconds"],
+        "rounds": record.rounds,
+        "kd_steps": max(record.rounds - record.warmup_rounds, 0) * config.distill.kd_steps,
+        "time_budget_s": record.time_budget_s,
+        "wall_seconds": record.wall_seconds,
         "devices": jax.device_count(),
     }
-    if "synthesis" in run:
-        summary["synthesis"] = run["synthesis"]
-    if is_main:
-        _save_student(
-            workdir / "student",
-            kind="student",
-            arch=config.student.arch,
-            num_classes=config.data.num_classes,
-            variables=parallel.fetch(state.variables),
-            normalization=norm,
-            input_shape=image_shape,
-            extra={"time_steps": config.student.time_steps, "lif": dataclasses.asdict(lif)},
-        )
-        metrics_lib.write_json(workdir / "summary.json", summary)
-        print(
-            f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1:.2f}%) on "
-            f"{result['n']} real test images; {run['wall_seconds']:.0f}s. "
-            f"Summary: {workdir / 'summary.json'}",
-            flush=True,
-        )
+    if record.synthesis is not None:
+        summary["synthesis"] = record.synthesis
     return summary
