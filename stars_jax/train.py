@@ -16,7 +16,7 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -29,6 +29,7 @@ from stars_jax.apply import check_dataset, logits_fn
 from stars_jax.bank import Bank, init_bank
 from stars_jax.distill import (
     KDContext,
+    RoundSteps,
     compute_dtype,
     init_train_state,
     lif_params,
@@ -90,15 +91,80 @@ def _place_bank(bank: Bank, mesh) -> Bank:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Runs data-free (or real-data) ANN-to-SNN distillation; returns the summary dict."""
     t_start = time.time()
-    workdir = metrics_lib.Path(workdir)
-    is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_run_info(workdir, config)
-    dc, sc = config.distill, config.student
+    job, progress = _setup(config, metrics_lib.Path(workdir))
+    elapsed = lambda: parallel.agree(progress.elapsed_before + time.time() - t_start)
+    record = _run_rounds(job, progress, elapsed)
+    summary = run_summary(config, record)
+    if job.is_main:
+        sc = config.student
+        _save_student(
+            job.workdir / "student",
+            kind="student",
+            arch=sc.arch,
+            num_classes=config.data.num_classes,
+            variables=parallel.fetch(progress.carry[0].variables),
+            normalization=job.norm,
+            input_shape=job.image_shape,
+            extra={"time_steps": sc.time_steps, "lif": dataclasses.asdict(job.lif)},
+        )
+        metrics_lib.write_json(job.workdir / "summary.json", summary)
+        print(
+            f"Student top-1 {record.student['top1']:.2f}% (teacher {record.teacher_top1:.2f}%) "
+            f"on {record.student['n']} real test images; {record.wall_seconds:.0f}s. "
+            f"Summary: {job.workdir / 'summary.json'}",
+            flush=True,
+        )
+    return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What the round loop reads, built once by ``_setup``."""
+
+    config: Any
+    workdir: Path
+    is_main: bool
+    mesh: Any
+    test: data_lib.Dataset
+    teacher_vars: Any
+    teacher_top1: float
+    teacher_eval_s: float  # the teacher's evaluation time: a first guess of the student's
+    norm: tuple  # (mean, std) of the teacher's inputs
+    image_shape: tuple
+    lif: Any
+    student: Any
+    steps: RoundSteps  # the jitted round steps ...
+    base_steps: RoundSteps  # ... and the baseline's, used before synth.stars_start_round
+    warmup_rounds: int  # synthesis-only rounds
+    real_health: dict  # a real test batch's health, the reference for synth/*
+    manager: Any  # the checkpoint manager
+    k_loop: Any  # the rounds' random key
+
+    def kd_horizon(self, rounds: int) -> int:
+        """KD steps in ``rounds`` rounds: the schedule spans the rounds after the warm-up."""
+        return max(rounds - self.warmup_rounds, 1) * self.config.distill.kd_steps
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: its carry and its plan (restored from a checkpoint on resume)."""
+
+    carry: tuple  # (student state, synthesizer state, bank)
+    start: int  # the first round to run
+    last_ckpt: int | None
+    stop_at: int  # rounds in all
+    planned: int  # 0 until a time budget has decided
+    elapsed_before: float  # wall seconds spent by earlier processes of this run
+
+
+def _check_config(config, mesh) -> None:
+    dc = config.distill
     if dc.mode not in ("data_free", "real_data"):
         raise ValueError(f"distill.mode must be 'data_free' or 'real_data', got {dc.mode!r}.")
-    mesh = parallel.make_mesh(config.mesh.data)
+    if dc.time_budget_s < 0:
+        raise ValueError(
+            f"distill.time_budget_s must be >= 0 (0 = no budget), got {dc.time_budget_s}."
+        )
     for name, size in (
         ("synth.batch_size", config.synth.batch_size),
         ("distill.batch_size", dc.batch_size),
@@ -106,235 +172,283 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ("data.eval_batch_size", config.data.eval_batch_size),
     ):
         parallel.check_batch(name, size, mesh)
-    rep, batch_sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
 
-    test = data_lib.load_split(config.data, config.data.test_split, config.data.eval_limit or None)
-    load_train = lambda: (data_lib.load_split(config.data, config.data.train_split), test)
-    teacher = resolve_teacher(config, load_train)
-    mean = tuple(teacher.meta["normalization"]["mean"])
-    std = tuple(teacher.meta["normalization"]["std"])
-    image_shape = tuple(teacher.meta["input_shape"])
-    check_dataset(test.images.shape, None, teacher.meta)
-    teacher_vars = parallel.put(teacher.variables, rep)
-    teacher_model = build_model(teacher.meta, compute_dtype(config.teacher.dtype))
-    eval_bs = config.data.eval_batch_size
-    t_eval = time.time()
-    teacher_top1 = make_evaluator(logits_fn(teacher_model, "teacher", mean, std), mesh)(
-        teacher_vars, test.images, test.labels, eval_bs
-    )["top1"]
-    teacher_eval_s = time.time() - t_eval
-    print(
-        f"Teacher {config.teacher.arch}: top-1 {teacher_top1:.2f}% on {len(test.images)} "
-        "real test images",
-        flush=True,
-    )
 
-    lif = lif_params(config.neuron)
-    dtype = compute_dtype(sc.dtype)
-    student = make_student(sc.arch, config.data.num_classes, sc.time_steps, lif, dtype)
-    optimizer = make_optimizer(dc)
-    ctx = KDContext(
+def _kd_context(config, teacher_model, student, norm, batch_sharding) -> KDContext:
+    dc = config.distill
+    return KDContext(
         teacher=teacher_model,
         student=student,
-        optimizer=optimizer,
-        mean=mean,
-        std=std,
+        optimizer=make_optimizer(dc),
+        mean=norm[0],
+        std=norm[1],
         t_kd=dc.t_kd,
         per_time_step=dc.per_time_step,
         b_rca=dc.b_rca,
         rca_rep=dc.rca_rep,
         crop_pad=dc.crop_pad,
         flip=dc.flip,
-        dtype=dtype,
-        batch_sharding=batch_sh,
+        dtype=compute_dtype(config.student.dtype),
+        batch_sharding=batch_sharding,
         lr=dc.lr,
         warmup_steps=dc.lr_warmup_rounds * dc.kd_steps,
         lr_min=dc.lr_min,
         num_classes=config.data.num_classes,
     )
+
+
+def _real_bank(train: data_lib.Dataset, mesh) -> Bank:
+    """The real training set as the bank (real_data mode), cut to a multiple of the devices."""
+    keep = len(train.images) - len(train.images) % mesh.devices.size
+    n = np.asarray(keep, np.int32)
+    labels = train.labels[:keep]
+    return Bank(train.images[:keep], labels, labels, n, np.zeros_like(n))
+
+
+def _round_steps(config, ctx: KDContext, synthesizer, synthesizer_for, warmup_rounds: int):
+    """The jitted round steps, and the baseline's for the rounds before
+    ``synth.stars_start_round`` (the same steps when STARS starts right after the warm-up)."""
+    dc = config.distill
+    steps = make_round_steps(synthesizer, ctx, dc.batch_size, config.synth)
+    stars_on = config.synth.l_rca or config.synth.l_tar or dc.b_rca
+    if not (stars_on and config.synth.stars_start_round > warmup_rounds):
+        return steps, steps
+    base_synth = None
+    if synthesizer is not None:
+        cfg = config.synth.copy_and_resolve_references()
+        cfg.l_rca = cfg.l_tar = 0.0
+        base_synth = synthesizer_for(cfg)
+    return steps, make_round_steps(base_synth, dataclasses.replace(ctx, b_rca=0.0), dc.batch_size)
+
+
+def _teacher(config, test, mesh):
+    """The teacher (model directory, Flax module on device) and its test accuracy and time."""
+    load_train = lambda: (data_lib.load_split(config.data, config.data.train_split), test)
+    teacher = resolve_teacher(config, load_train)
+    check_dataset(test.images.shape, None, teacher.meta)
+    norm = tuple(teacher.meta["normalization"]["mean"]), tuple(teacher.meta["normalization"]["std"])
+    teacher_vars = parallel.put(teacher.variables, parallel.replicated(mesh))
+    model = build_model(teacher.meta, compute_dtype(config.teacher.dtype))
+    t_eval = time.time()
+    top1 = make_evaluator(logits_fn(model, "teacher", *norm), mesh)(
+        teacher_vars, test.images, test.labels, config.data.eval_batch_size
+    )["top1"]
+    print(
+        f"Teacher {config.teacher.arch}: top-1 {top1:.2f}% on {len(test.images)} real test images",
+        flush=True,
+    )
+    return teacher, model, teacher_vars, norm, top1, time.time() - t_eval
+
+
+def _setup(config, workdir: Path) -> tuple[Job, Progress]:
+    """Checks the config, loads the data and the teacher, builds the student, the synthesizer
+    and the jitted steps, and restores the newest checkpoint if there is one."""
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_run_info(workdir, config)
+    dc, sc = config.distill, config.student
+    mesh = parallel.make_mesh(config.mesh.data)
+    _check_config(config, mesh)
+    rep, batch_sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    test = data_lib.load_split(config.data, config.data.test_split, config.data.eval_limit or None)
+    teacher, teacher_model, teacher_vars, norm, teacher_top1, teacher_eval_s = _teacher(
+        config, test, mesh
+    )
+    image_shape = tuple(teacher.meta["input_shape"])
+    lif = lif_params(config.neuron)
+    student = make_student(
+        sc.arch, config.data.num_classes, sc.time_steps, lif, compute_dtype(sc.dtype)
+    )
+    ctx = _kd_context(config, teacher_model, student, norm, batch_sh)
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
     # The schedule's horizon is set below, once the run knows where it stops.
-    state = parallel.put(init_train_state(student, optimizer, k_student, image_shape), rep)
-    real_health, warmup_rounds = {}, 0
+    state = parallel.put(init_train_state(student, ctx.optimizer, k_student, image_shape), rep)
     synthesizer_for = lambda cfg: make_synthesizer(
-        cfg, teacher_model, student, image_shape, config.data.num_classes, mean, std, batch_sh
+        cfg, teacher_model, student, image_shape, config.data.num_classes, *norm, batch_sh
     )
+    synthesizer, synth_state, real_health, warmup_rounds = None, {}, {}, 0
     if dc.mode == "data_free":
         synthesizer = synthesizer_for(config.synth)
         synth_state = parallel.put(synthesizer.init(k_synth, teacher_vars), rep)
         bank = init_bank(dc.bank_size, image_shape)
         warmup_rounds = config.synth.warmup_rounds
-        real_health = diagnostics.real_batch_health(
-            teacher_model,
-            teacher_vars,
-            test,
-            config.synth.batch_size,
-            mean,
-            std,
-            config.data.num_classes,
-            seed=config.seed,
-        )
-        print(
-            f"Synthesis: {config.synth.method}, {warmup_rounds} warm-up rounds; a real test "
-            f"batch of {config.synth.batch_size} (the reference for synth/*): teacher top-1 "
-            f"{real_health['teacher_acc']:.3f}, class entropy "
-            f"{real_health['class_entropy']:.3f}, diversity {real_health['diversity']:.3f}",
-            flush=True,
-        )
+        real_health = _real_health(config, teacher_model, teacher_vars, test, norm)
     else:  # KD on the real training set: the bank holds it, and nothing is synthesised.
-        train, _ = load_train()
-        synthesizer, synth_state = None, {}
-        keep = len(train.images) - len(train.images) % mesh.devices.size
-        n = np.asarray(keep, np.int32)
-        labels = train.labels[:keep]
-        bank = Bank(train.images[:keep], labels, labels, n, np.zeros_like(n))
-    # Student updates happen after the synthesis-only warm-up: the schedule spans the rest.
-    kd_horizon = lambda rounds: max(rounds - warmup_rounds, 1) * dc.kd_steps
-    carry = (state, synth_state, _place_bank(bank, mesh))
-    steps = make_round_steps(synthesizer, ctx, dc.batch_size, config.synth)
-    stars_from = config.synth.stars_start_round
-    base_steps = steps
-    stars_on = config.synth.l_rca or config.synth.l_tar or dc.b_rca
-    if stars_on and stars_from > warmup_rounds:  # the baseline's steps until then
-        base_synth = None
-        if synthesizer is not None:
-            cfg = config.synth.copy_and_resolve_references()
-            cfg.l_rca = cfg.l_tar = 0.0
-            base_synth = synthesizer_for(cfg)
-        base_steps = make_round_steps(
-            base_synth, dataclasses.replace(ctx, b_rca=0.0), dc.batch_size
-        )
-    # The budget clock: wall seconds spent by earlier processes of this run, and the round
-    # count the run stops at (0: not decided yet, i.e. distill.rounds).
-    clock = parallel.put({"elapsed_s": np.float32(0), "rounds": np.int32(0)}, rep)
+        bank = _real_bank(data_lib.load_split(config.data, config.data.train_split), mesh)
+    steps, base_steps = _round_steps(config, ctx, synthesizer, synthesizer_for, warmup_rounds)
+    job = Job(
+        config=config,
+        workdir=workdir,
+        is_main=is_main,
+        mesh=mesh,
+        test=test,
+        teacher_vars=teacher_vars,
+        teacher_top1=teacher_top1,
+        teacher_eval_s=teacher_eval_s,
+        norm=norm,
+        image_shape=image_shape,
+        lif=lif,
+        student=student,
+        steps=steps,
+        base_steps=base_steps,
+        warmup_rounds=warmup_rounds,
+        real_health=real_health,
+        manager=checkpoint.make_manager(workdir / "checkpoints", config.ckpt.keep),
+        k_loop=k_loop,
+    )
+    return job, _restore(job, (state, synth_state, _place_bank(bank, mesh)))
 
-    manager = checkpoint.make_manager(workdir / "checkpoints", config.ckpt.keep)
+
+def _real_health(config, teacher_model, teacher_vars, test, norm) -> dict:
+    health = diagnostics.real_batch_health(
+        teacher_model,
+        teacher_vars,
+        test,
+        config.synth.batch_size,
+        *norm,
+        config.data.num_classes,
+        seed=config.seed,
+    )
+    print(
+        f"Synthesis: {config.synth.method}, {config.synth.warmup_rounds} warm-up rounds; a real "
+        f"test batch of {config.synth.batch_size} (the reference for synth/*): teacher top-1 "
+        f"{health['teacher_acc']:.3f}, class entropy {health['class_entropy']:.3f}, diversity "
+        f"{health['diversity']:.3f}",
+        flush=True,
+    )
+    return health
+
+
+def _restore(job: Job, carry) -> Progress:
+    """The newest complete checkpoint's carry and budget clock (wall seconds spent so far and
+    the rounds planned; 0: not decided yet, i.e. distill.rounds), else a fresh start."""
+    dc, rep = job.config.distill, parallel.replicated(job.mesh)
+    clock = parallel.put({"elapsed_s": np.float32(0), "rounds": np.int32(0)}, rep)
     start, last_ckpt = 0, None
-    restored = checkpoint.restore_latest(manager, {"carry": carry, "clock": clock})
+    restored = checkpoint.restore_latest(job.manager, {"carry": carry, "clock": clock})
     if restored is not None:
         last_ckpt, tree = restored
         carry, clock, start = tree["carry"], tree["clock"], last_ckpt + 1
         print(f"Resuming from the checkpoint after round {start} of {dc.rounds}.", flush=True)
-    elapsed_before = float(parallel.fetch(clock["elapsed_s"]))
     planned = int(parallel.fetch(clock["rounds"]))
     stop_at = planned or dc.rounds
-    carry = _set_horizon(carry, kd_horizon(stop_at), rep)  # also on resume: rounds may change
-    elapsed = lambda: parallel.agree(elapsed_before + time.time() - t_start)
+    carry = _set_horizon(carry, job.kd_horizon(stop_at), rep)  # also on resume
+    elapsed_before = float(parallel.fetch(clock["elapsed_s"]))
+    return Progress(carry, start, last_ckpt, stop_at, planned, elapsed_before)
+
+
+def _run_rounds(job: Job, p: Progress, elapsed) -> RunRecord:
+    """The rounds from ``p.start`` to the plan's end: each round, then its budget decision,
+    evaluation, image grid, log line and checkpoint. ``p`` is updated in place."""
+    config, dc, sc = job.config, job.config.distill, job.config.student
     budget_s = float(dc.time_budget_s)
-    if budget_s < 0:
-        raise ValueError(f"distill.time_budget_s must be >= 0 (0 = no budget), got {budget_s}.")
     print(
         f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
         f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
-        f"{stop_at} rounds x {dc.kd_steps} KD steps"
+        f"{p.stop_at} rounds x {dc.kd_steps} KD steps"
         + (f", within {budget_s:.0f} s of wall time." if budget_s else "."),
         flush=True,
     )
-    accuracy = make_evaluator(logits_fn(student, "student", mean, std), mesh)
-    rates_fn = jax.jit(logits_fn(student, "student", mean, std, with_rates=True), out_shardings=rep)
-    writer = metrics_lib.Writer(workdir, stop_at, enabled=is_main)
-    writer.drop_after(start - 1)
+    rep = parallel.replicated(job.mesh)
+    accuracy = make_evaluator(logits_fn(job.student, "student", *job.norm), job.mesh)
+    rates_fn = jax.jit(
+        logits_fn(job.student, "student", *job.norm, with_rates=True), out_shardings=rep
+    )
+    evaluate_student = lambda: _evaluate_student(
+        accuracy, rates_fn, p.carry[0].variables, job.test, config.data.eval_batch_size, job.mesh
+    )
+    writer = metrics_lib.Writer(job.workdir, p.stop_at, enabled=job.is_main)
+    writer.drop_after(p.start - 1)
     result, iter_secs, health = {}, [], []
     # A guess until a student evaluation is timed; agreed, as every input of a budget decision.
-    eval_s = parallel.agree(teacher_eval_s * sc.time_steps)
-    r = start
-    while r < stop_at:
+    eval_s = parallel.agree(job.teacher_eval_s * sc.time_steps)
+    r = p.start
+    while r < p.stop_at:
         t_iter = time.time()
-        warm = r < warmup_rounds
-        key = jax.random.fold_in(k_loop, r)
-        kd_steps = 0 if warm else dc.kd_steps
-        carry, out = run_round(
-            steps if r >= stars_from else base_steps,
-            carry,
-            teacher_vars,
-            key,
+        warm = r < job.warmup_rounds
+        p.carry, out = run_round(
+            job.steps if r >= config.synth.stars_start_round else job.base_steps,
+            p.carry,
+            job.teacher_vars,
+            jax.random.fold_in(job.k_loop, r),
             r,
             config.synth.steps,
-            kd_steps,
+            0 if warm else dc.kd_steps,
             warmup=warm,
         )
         m = parallel.fetch(out.metrics)
-        check_finite(m, r, last_ckpt, manager.directory)
+        check_finite(m, r, p.last_ckpt, job.manager.directory)
         if not warm and out.images is not None:
             health.append({k: float(m[k]) for k in (*HEALTH_KEYS, "synth/bank_entropy")})
         evaluate = (r + 1) % dc.eval_every == 0 and not warm
         # Warm-up rounds (synthesis only) are neither timed nor planned for: the budget plans
         # from the student rounds after them.
-        if budget_s and r + 1 < stop_at and not warm:
+        if budget_s and r + 1 < p.stop_at and not warm:
             per_round = budget.round_seconds(iter_secs + [time.time() - t_iter])
-            plan = budget.decide(
-                budget.Plan(stop_at, planned),
-                budget_s=budget_s,
-                elapsed_s=elapsed(),
-                rounds_done=r + 1,
-                student_rounds_timed=r + 1 - max(start, warmup_rounds),
-                round_s=parallel.agree(per_round),
-                reserve_s=eval_s,
-                max_rounds=dc.rounds,
-                evaluating=evaluate,
-                warmup_rounds=warmup_rounds,
-                lr_warmup_rounds=dc.lr_warmup_rounds,
-            )
-            if plan.refit:
-                carry = _set_horizon(carry, kd_horizon(plan.stop_at), rep)
-                writer.total = plan.stop_at
-            for note in plan.notes:
-                print(note, flush=True)
-            stop_at, planned = plan.stop_at, plan.planned
-        last = r == stop_at - 1
+            _apply_budget(job, p, writer, r, per_round, eval_s, evaluate, elapsed())
+        last = r == p.stop_at - 1
         if evaluate or last:
             t_eval = time.time()
-            result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
+            result = evaluate_student()
             eval_s = parallel.agree(time.time() - t_eval)  # Budget decisions use it.
             m.update({"eval/student_top1": result["top1"], "eval/rate_mean": result["rate_mean"]})
-        if out.images is not None and (evaluate or last or r + 1 == warmup_rounds):
-            n = config.log.grid_images
-            grid = parallel.fetch((out.images[:n], out.labels[:n], out.preds[:n]))
-            if is_main:
-                metrics_lib.save_image_grid(workdir / "images" / f"round_{r + 1:04d}.png", *grid)
+        if out.images is not None and (evaluate or last or r + 1 == job.warmup_rounds):
+            _save_grid(job, out, r)
         if (r + 1) % config.log.every == 0 or last:
             writer.write(r, m, CONSOLE_KEYS)
         if (r + 1) % config.ckpt.every == 0 or last:
-            clock = {"elapsed_s": np.float32(elapsed()), "rounds": np.int32(planned)}
-            checkpoint.save(manager, r, {"carry": carry, "clock": parallel.put(clock, rep)})
-            last_ckpt = r
+            clock = {"elapsed_s": np.float32(elapsed()), "rounds": np.int32(p.planned)}
+            checkpoint.save(job.manager, r, {"carry": p.carry, "clock": parallel.put(clock, rep)})
+            p.last_ckpt = r
         if not warm:
             iter_secs.append(time.time() - t_iter)
         r += 1
     if not result:  # Resumed after the last round: evaluate the restored student.
-        result = _evaluate_student(accuracy, rates_fn, carry[0].variables, test, eval_bs, mesh)
-    record = RunRecord(
-        teacher_top1=teacher_top1,
+        result = evaluate_student()
+    return RunRecord(
+        teacher_top1=job.teacher_top1,
         student=result,
         rounds=r,
-        warmup_rounds=warmup_rounds,
+        warmup_rounds=job.warmup_rounds,
         time_budget_s=budget_s,
         wall_seconds=round(elapsed(), 1),
-        synthesis=_health_summary(health, real_health, warmup_rounds)
+        synthesis=_health_summary(health, job.real_health, job.warmup_rounds)
         if dc.mode == "data_free"
         else None,
     )
-    summary = run_summary(config, record)
-    if is_main:
-        _save_student(
-            workdir / "student",
-            kind="student",
-            arch=sc.arch,
-            num_classes=config.data.num_classes,
-            variables=parallel.fetch(carry[0].variables),
-            normalization=(mean, std),
-            input_shape=image_shape,
-            extra={"time_steps": sc.time_steps, "lif": dataclasses.asdict(lif)},
-        )
-        metrics_lib.write_json(workdir / "summary.json", summary)
-        print(
-            f"Student top-1 {result['top1']:.2f}% (teacher {teacher_top1:.2f}%) on "
-            f"{result['n']} real test images; {record.wall_seconds:.0f}s. "
-            f"Summary: {workdir / 'summary.json'}",
-            flush=True,
-        )
-    return summary
+
+
+def _apply_budget(job: Job, p: Progress, writer, r: int, per_round, eval_s, evaluate, elapsed_s):
+    """Applies ``budget.decide`` after round ``r``: a new stop, the schedule refitted to it."""
+    dc = job.config.distill
+    plan = budget.decide(
+        budget.Plan(p.stop_at, p.planned),
+        budget_s=float(dc.time_budget_s),
+        elapsed_s=elapsed_s,
+        rounds_done=r + 1,
+        student_rounds_timed=r + 1 - max(p.start, job.warmup_rounds),
+        round_s=parallel.agree(per_round),
+        reserve_s=eval_s,
+        max_rounds=dc.rounds,
+        evaluating=evaluate,
+        warmup_rounds=job.warmup_rounds,
+        lr_warmup_rounds=dc.lr_warmup_rounds,
+    )
+    if plan.refit:
+        p.carry = _set_horizon(p.carry, job.kd_horizon(plan.stop_at), parallel.replicated(job.mesh))
+        writer.total = plan.stop_at
+    for note in plan.notes:
+        print(note, flush=True)
+    p.stop_at, p.planned = plan.stop_at, plan.planned
+
+
+def _save_grid(job: Job, out, r: int) -> None:
+    n = job.config.log.grid_images
+    grid = parallel.fetch((out.images[:n], out.labels[:n], out.preds[:n]))
+    if job.is_main:
+        metrics_lib.save_image_grid(job.workdir / "images" / f"round_{r + 1:04d}.png", *grid)
 
 
 def _health_summary(health: list[dict], real: dict, warmup_rounds: int) -> dict:
