@@ -1,5 +1,11 @@
 """The main job: ``train_and_evaluate(config, workdir)``.
 
+In three parts: ``_setup`` checks the config and builds everything the rounds read (a
+``Job``: data, teacher, student, synthesizer, jitted steps) and where the run stands (a
+``Progress``, restored from a checkpoint); ``_run_rounds`` runs the rounds (budget decisions
+from ``budget.decide``) and returns a ``RunRecord``; ``run_summary`` turns that into
+``summary.json``.
+
 Resume order: the newest complete checkpoint in ``workdir/checkpoints``, else scratch. The
 teacher is never checkpointed (it is fixed); it comes from ``config.teacher``. Checkpoints
 also hold the budget clock (wall seconds so far, planned rounds): with
