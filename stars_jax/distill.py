@@ -191,12 +191,10 @@ def add_synthetic(ctx: KDContext, bank: Bank, teacher_vars, images_u8, labels):
     return bank, preds, {f"synth/{k}": v for k, v in health.items()}
 
 
-def bank_tar_reference(
-    ctx: KDContext, synth_cfg, batch_size: int, teacher_vars, bank: Bank, key
-) -> TarReference:
-    """Percentile-TAR thresholds from the teacher on a batch drawn from the memory bank (the
-    images synthesised so far); not ready while the bank is empty."""
-    images, _ = bank_sample(bank, key, batch_size)
+def bank_tar_reference(ctx: KDContext, synth_cfg, teacher_vars, bank: Bank, key) -> TarReference:
+    """Percentile-TAR thresholds from the teacher on a synthesis-sized batch drawn from the
+    memory bank (the images synthesised so far); not ready while the bank is empty."""
+    images, _ = bank_sample(bank, key, synth_cfg.batch_size)
     x = normalize(constrain(images, ctx.batch_sharding), ctx.mean, ctx.std)
     return tar_reference(x, teacher_vars, teacher=ctx.teacher, cfg=synth_cfg, ready=bank.count > 0)
 
@@ -220,9 +218,7 @@ def make_round_steps(synthesizer, ctx: KDContext, batch_size: int, synth_cfg=Non
         return RoundSteps(None, None, None, None, kd)
     tar_ref = None
     if synth_cfg is not None and synth_cfg.l_tar and synth_cfg.tar_thresholds == "percentile":
-        tar_ref = jax.jit(
-            functools.partial(bank_tar_reference, ctx, synth_cfg, synth_cfg.batch_size)
-        )
+        tar_ref = jax.jit(functools.partial(bank_tar_reference, ctx, synth_cfg))
     return RoundSteps(
         syn_begin=jax.jit(synthesizer.begin, donate_argnums=0),
         syn_step=jax.jit(synthesizer.step, donate_argnums=1, static_argnames="warmup"),

@@ -8,6 +8,7 @@ Launched by tests/test_parallel.py in fresh processes, because the simulated CPU
   python tests/parallel_check.py train OUT.json DATA CACHE WORKDIR ROUNDS [coord NPROC PID]
 """
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -86,21 +87,7 @@ def run_steps(out: str) -> None:
     for k, v in m.items():
         results[k] = np.asarray(v)
     # Counterfactual: BN statistics per device (8 chunks of 2), as pmap without sync would do.
-    local = KDContext(
-        teacher,
-        student,
-        opt,
-        MEAN,
-        STD,
-        4.0,
-        False,
-        1.0,
-        "logits",
-        0,
-        False,
-        lr=cfg.distill.lr,
-        warmup_steps=1,
-    )
+    local = dataclasses.replace(ctx, batch_sharding=None)
     host_state, host_tv = jax.device_get((state, tv))
     chunk_vars = [
         kd_step(local, host_state, host_tv, c, jax.random.key(5))[0].batch_stats["bn1"]["var"]
