@@ -131,19 +131,34 @@ class KDContext:
     num_classes: int = dataclasses.field(default=10, kw_only=True)
 
 
+def train_view(images_u8, key, crop_pad: int, flip: bool, mean, std):
+    """A training batch as the model sees it: random crop (and flip), normalised."""
+    return normalize(random_crop_flip(key, images_u8, crop_pad, flip=flip), mean, std)
+
+
+def apply_train(model, params, batch_stats, x):
+    """The model's outputs in training mode, and its BN statistics after this batch."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    out, new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return out, new_vars["batch_stats"]
+
+
+def advanced(state: TrainState, params, batch_stats, opt_state) -> TrainState:
+    """``state`` one step on."""
+    return state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+
+
 def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
     """One student update on ``L_KD`` for a uint8 batch ``[B, H, W, C]``."""
-    images = random_crop_flip(key, images_u8, ctx.crop_pad, flip=ctx.flip)
-    x = normalize(images, ctx.mean, ctx.std)
+    x = train_view(images_u8, key, ctx.crop_pad, ctx.flip, ctx.mean, ctx.std)
     t_logits, t_feats = ctx.teacher.apply(teacher_vars, x)
     t_logits, t_feats = jax.lax.stop_gradient((t_logits, t_feats))
 
     def loss_fn(params):
-        (s_logits_t, s_feats_t), new_vars = ctx.student.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            x.astype(ctx.dtype),
-            train=True,
-            mutable=["batch_stats"],
+        (s_logits_t, s_feats_t), batch_stats = apply_train(
+            ctx.student, params, state.batch_stats, x.astype(ctx.dtype)
         )
         kd = losses.kd_loss(t_logits, s_logits_t, ctx.t_kd, ctx.per_time_step)
         metrics = {"kd/kd": kd}
@@ -158,14 +173,12 @@ def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
         metrics["kd/loss"] = total
         agree = jnp.argmax(jnp.mean(s_logits_t, 0), -1) == jnp.argmax(t_logits, -1)
         metrics["kd/agreement"] = jnp.mean(agree)
-        return total, (metrics, new_vars["batch_stats"])
+        return total, (metrics, batch_stats)
 
     (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     lr = warmup_cosine(state.step, ctx.lr, ctx.warmup_steps, state.total_steps, ctx.lr_min)
     params, opt_state = scheduled_update(ctx.optimizer, grads, state, lr)
-    new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-    )
+    new_state = advanced(state, params, batch_stats, opt_state)
     metrics["kd/grad_norm"] = optax.tree.norm(grads)
     metrics["kd/lr"] = lr
     return new_state, metrics
@@ -202,11 +215,11 @@ def bank_tar_reference(ctx: KDContext, synth_cfg, teacher_vars, bank: Bank, key)
 class RoundSteps(NamedTuple):
     """The jitted pieces of a round; state arguments are donated."""
 
-    syn_begin: Callable | None
-    syn_step: Callable | None
-    syn_end: Callable | None
+    synth_begin: Callable | None
+    synth_step: Callable | None
+    synth_end: Callable | None
     add_synthetic: Callable | None
-    kd_step: Callable
+    kd_bank_step: Callable
     tar_reference: Callable | None = None  # (teacher_vars, bank, key) -> TarReference
 
 
@@ -220,11 +233,11 @@ def make_round_steps(synthesizer, ctx: KDContext, batch_size: int, synth_cfg=Non
     if synth_cfg is not None and synth_cfg.l_tar and synth_cfg.tar_thresholds == "percentile":
         tar_ref = jax.jit(functools.partial(bank_tar_reference, ctx, synth_cfg))
     return RoundSteps(
-        syn_begin=jax.jit(synthesizer.begin, donate_argnums=0),
-        syn_step=jax.jit(synthesizer.step, donate_argnums=1, static_argnames="warmup"),
-        syn_end=jax.jit(synthesizer.end, donate_argnums=0),
+        synth_begin=jax.jit(synthesizer.begin, donate_argnums=0),
+        synth_step=jax.jit(synthesizer.step, donate_argnums=1, static_argnames="warmup"),
+        synth_end=jax.jit(synthesizer.end, donate_argnums=0),
         add_synthetic=jax.jit(functools.partial(add_synthetic, ctx), donate_argnums=0),
-        kd_step=kd,
+        kd_bank_step=kd,
         tar_reference=tar_ref,
     )
 
@@ -261,14 +274,14 @@ def run_round(
     state, synth_state, bank = carry
     k_syn, k_kd = jax.random.split(key)
     metrics, out = {}, RoundOutput(None, None, None, {})
-    if steps.syn_step is not None:
+    if steps.synth_step is not None:
         tar_ref = None
         if steps.tar_reference is not None and not warmup:
             k_ref = jax.random.fold_in(key, 1)  # not k_syn's or k_kd's stream
             tar_ref = steps.tar_reference(teacher_vars, bank, k_ref)
-        synth_state, work = steps.syn_begin(synth_state, jax.random.fold_in(k_syn, 0), round_)
+        synth_state, work = steps.synth_begin(synth_state, jax.random.fold_in(k_syn, 0), round_)
         for i in range(synth_steps):
-            work, metrics = steps.syn_step(
+            work, metrics = steps.synth_step(
                 synth_state,
                 work,
                 teacher_vars,
@@ -277,13 +290,13 @@ def run_round(
                 warmup=warmup,
                 tar_ref=tar_ref,
             )
-        synth_state, images, labels = steps.syn_end(synth_state, work)
+        synth_state, images, labels = steps.synth_end(synth_state, work)
         bank, preds, health = steps.add_synthetic(bank, teacher_vars, images, labels)
         metrics = {**metrics, **health}
         out = RoundOutput(images, labels, preds, {})
     kd_sum = None
     for j in range(kd_steps):
-        state, m = steps.kd_step(state, teacher_vars, bank, jax.random.fold_in(k_kd, j))
+        state, m = steps.kd_bank_step(state, teacher_vars, bank, jax.random.fold_in(k_kd, j))
         kd_sum = m if kd_sum is None else jax.tree.map(jnp.add, kd_sum, m)
     metrics = {**metrics, **jax.tree.map(lambda v: v / kd_steps, kd_sum or {})}
     return (state, synth_state, bank), out._replace(metrics=metrics)

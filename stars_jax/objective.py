@@ -169,33 +169,18 @@ def synthesis_loss(
     (t_logits, t_feats), inter = teacher.apply(teacher_vars, x, mutable=["intermediates"])
     bn = teacher_bn(inter["intermediates"], teacher_vars["batch_stats"])
     current = [losses.batch_moments(z) for z in bn.inputs]
-    matched = current
-    if bn_ema is not None:
-        ema, w = bn_ema
-        matched = [
-            (w * em + (1 - w) * m, w * ev + (1 - w) * v)
-            for (m, v), em, ev in zip(current, ema.means, ema.vars, strict=True)
-        ]
     terms = {
-        "bn": losses.bn_loss_from_moments(matched, bn.means, bn.vars),
+        "bn": losses.bn_loss_from_moments(_matched_moments(current, bn_ema), bn.means, bn.vars),
         "ce": losses.cross_entropy(t_logits, labels),
     }
     weights = {"bn": cfg.a_bn, "ce": cfg.a_oh}
     extra = {}
     if not warmup and (cfg.a_adv or cfg.l_rca):
-        s_logits_t, s_feats_t = student.apply(student_vars, x)
-        s_logits = jnp.mean(s_logits_t.astype(jnp.float32), axis=0)
-        terms["adv"] = losses.adversarial_loss(t_logits, s_logits)
-        weights["adv"] = cfg.a_adv
-        agree = jnp.argmax(t_logits, -1) == jnp.argmax(s_logits, -1)
-        extra["adv_mask"] = jnp.mean(agree.astype(jnp.float32))
-        extra["student_logit_std"] = jnp.mean(jnp.std(s_logits, axis=0))
-        if cfg.l_rca:
-            rep_t, rep_s = (t_logits, s_logits)
-            if cfg.rca_rep == "features":
-                rep_t, rep_s = t_feats, jnp.mean(s_feats_t.astype(jnp.float32), axis=0)
-            terms["rca"] = losses.relational_discrepancy(rep_t, rep_s)
-            weights["rca"] = cfg.l_rca * cfg.rca_sign
+        s_terms, s_weights, extra = _student_terms(
+            x, t_logits, t_feats, student_vars, student=student, cfg=cfg
+        )
+        terms.update(s_terms)
+        weights.update(s_weights)
     if not warmup and cfg.l_tar:
         terms["tar"] = tar_term(bn, cfg, tar_ref)
         weights["tar"] = cfg.l_tar
@@ -204,6 +189,38 @@ def synthesis_loss(
     metrics["synth/loss"] = total
     moments = jax.lax.stop_gradient(BNMoments([m for m, _ in current], [v for _, v in current]))
     return total, SynthAux(metrics, moments, bn)
+
+
+def _matched_moments(current, bn_ema):
+    """The moments BN matching compares: the batch's own, or ``w * ema + (1 - w) * current``."""
+    if bn_ema is None:
+        return current
+    ema, w = bn_ema
+    return [
+        (w * em + (1 - w) * m, w * ev + (1 - w) * v)
+        for (m, v), em, ev in zip(current, ema.means, ema.vars, strict=True)
+    ]
+
+
+def _student_terms(x, t_logits, t_feats, student_vars, *, student, cfg):
+    """The terms that run the student: adversarial and (``l_rca``) RCA, as ``(terms, weights,
+    diagnostics)``; the diagnostics are the adversarial mask's keep rate and the logit spread."""
+    s_logits_t, s_feats_t = student.apply(student_vars, x)
+    s_logits = jnp.mean(s_logits_t.astype(jnp.float32), axis=0)
+    terms = {"adv": losses.adversarial_loss(t_logits, s_logits)}
+    weights = {"adv": cfg.a_adv}
+    agree = jnp.argmax(t_logits, -1) == jnp.argmax(s_logits, -1)
+    extra = {
+        "adv_mask": jnp.mean(agree.astype(jnp.float32)),
+        "student_logit_std": jnp.mean(jnp.std(s_logits, axis=0)),
+    }
+    if cfg.l_rca:
+        rep_t, rep_s = (t_logits, s_logits)
+        if cfg.rca_rep == "features":
+            rep_t, rep_s = t_feats, jnp.mean(s_feats_t.astype(jnp.float32), axis=0)
+        terms["rca"] = losses.relational_discrepancy(rep_t, rep_s)
+        weights["rca"] = cfg.l_rca * cfg.rca_sign
+    return terms, weights, extra
 
 
 def update_ema(ema: BNMoments, current: BNMoments, ready, momentum: float) -> BNMoments:

@@ -230,8 +230,8 @@ def _run_one(job):
     return rc, time.time() - start
 
 
-def run_sweep(args, shared: list[str]) -> int:
-    workdir = Path(args.workdir)
+def _plan(args) -> tuple[list[Variant], list[int], str]:
+    """The variants, seeds and reference variant the arguments name, checked."""
     variants = expand(
         [parse_variant(s) for s in args.variant] or [Variant("", ())],
         [parse_grid(s) for s in args.grid],
@@ -244,11 +244,17 @@ def run_sweep(args, shared: list[str]) -> int:
         )
     if args.parallel < 1:
         raise ValueError(f"--parallel {args.parallel}: must be >= 1.")
+    return variants, seeds, reference
+
+
+def _pending(args, shared, workdir, variants, seeds) -> tuple[list, int]:
+    """``(jobs, done)``: a ``(variant, seed, (rdir, cmd, env))`` per unfinished run, seed-major
+    (a seed's variants run side by side: paired load), and the count of finished ones."""
     env = dict(os.environ)
     if args.parallel > 1:  # GPU runs share the card; the fraction is ignored on CPU.
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.parallel:.2f}")
     jobs, done = [], 0
-    for seed in seeds:  # seed-major: a seed's variants run side by side (paired load)
+    for seed in seeds:
         for v in variants:
             rdir = run_dir(workdir, v, seed)
             if (rdir / "summary.json").exists():
@@ -256,29 +262,38 @@ def run_sweep(args, shared: list[str]) -> int:
             else:
                 cmd = command(args.config, rdir, seed, v, shared, args.module)
                 jobs.append((v, seed, (rdir, cmd, env)))
-    total = len(variants) * len(seeds)
-    print(
-        f"Sweep: {len(variants)} variant(s) x {len(seeds)} seed(s) = {total} runs, "
-        f"{done} already finished, {len(jobs)} to run, {args.parallel} at a time, in "
-        f"{workdir / 'runs'}.",
-        flush=True,
-    )
+    return jobs, done
+
+
+def _run_jobs(jobs, parallel: int, metric: str, done: int, total: int) -> list[str]:
+    """Runs the jobs ``parallel`` at a time, reporting each as it finishes; returns the run
+    directories that failed."""
     failed = []
-    with ThreadPoolExecutor(args.parallel) as pool:
+    with ThreadPoolExecutor(parallel) as pool:
         futures = {pool.submit(_run_one, job): (v, s, job[0]) for v, s, job in jobs}
-        for i, fut in enumerate(as_completed(futures), 1):  # reported as they finish
+        for i, fut in enumerate(as_completed(futures), 1):
             (v, s, rdir), (rc, secs) = futures[fut], fut.result()
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {rdir / 'log.txt'})"
             if rc:
                 failed.append(str(rdir))
-            elif (value := finished_metric(rdir, args.metric)) is not None:
-                status = f"{args.metric} {value:.2f}"
+            elif (value := finished_metric(rdir, metric)) is not None:
+                status = f"{metric} {value:.2f}"
             print(f"[{done + i}/{total}] {v.name} seed {s}: {status} ({secs:.0f} s)", flush=True)
+    return failed
+
+
+def _collect(workdir, variants, seeds, metric: str) -> dict[str, dict[int, float]]:
+    """The metric of every finished run, by variant name and seed."""
     results = {v.name: {} for v in variants}
     for v in variants:
         for s in seeds:
-            if (value := finished_metric(run_dir(workdir, v, s), args.metric)) is not None:
+            if (value := finished_metric(run_dir(workdir, v, s), metric)) is not None:
                 results[v.name][s] = value
+    return results
+
+
+def _write_report(args, shared, workdir, variants, seeds, reference, failed, results) -> str:
+    """Writes sweep.json and sweep.md; returns the markdown."""
     rows = summarize(results, reference)
     record = {
         "config": args.config,
@@ -296,6 +311,23 @@ def run_sweep(args, shared: list[str]) -> int:
     if failed:
         table += f"\nFailed runs (rerun the same command to retry): {', '.join(failed)}\n"
     (workdir / "sweep.md").write_text(table)
+    return table
+
+
+def run_sweep(args, shared: list[str]) -> int:
+    workdir = Path(args.workdir)
+    variants, seeds, reference = _plan(args)
+    jobs, done = _pending(args, shared, workdir, variants, seeds)
+    total = len(variants) * len(seeds)
+    print(
+        f"Sweep: {len(variants)} variant(s) x {len(seeds)} seed(s) = {total} runs, "
+        f"{done} already finished, {len(jobs)} to run, {args.parallel} at a time, in "
+        f"{workdir / 'runs'}.",
+        flush=True,
+    )
+    failed = _run_jobs(jobs, args.parallel, args.metric, done, total)
+    results = _collect(workdir, variants, seeds, args.metric)
+    table = _write_report(args, shared, workdir, variants, seeds, reference, failed, results)
     print(table, flush=True)
     return 1 if failed else 0
 

@@ -248,7 +248,9 @@ def test_fast_resets_its_first_layer_once(nets):
     k = np.asarray(s.params["l1"]["kernel"])
     assert not np.allclose(k, l1) and 0.015 < k.std() < 0.025
     np.testing.assert_array_equal(s.params["l1"]["bias"], 0.0)
-    np.testing.assert_array_equal(work.fast["g"]["l1"]["kernel"], k)  # the round starts there
+    np.testing.assert_array_equal(
+        work.gen.trainable["g"]["l1"]["kernel"], k
+    )  # the round starts there
 
 
 def test_fast_meta_state_persists_and_ema_fills(nets):
@@ -284,10 +286,10 @@ def test_nayer_noisy_layer_embeddings_and_reinit(nets, embed):
     # The body persists across rounds: the next round starts where this one ended ...
     s2, work2 = syn.begin(s1, jax.random.key(15), 2)
     np.testing.assert_array_equal(
-        work2.train["g"]["body"]["l1"]["kernel"], s1.params["body"]["l1"]["kernel"]
+        work2.trainable["g"]["body"]["l1"]["kernel"], s1.params["body"]["l1"]["kernel"]
     )
     # ... but its noisy layers are drawn anew every round, from N(0, 1),
-    nk = np.asarray(work2.train["g"]["noise_kernel"])
+    nk = np.asarray(work2.trainable["g"]["noise_kernel"])
     assert not np.allclose(nk, s1.params["noise_kernel"]) and 0.8 < nk.std() < 1.2
     # and the whole generator is re-initialised every reinit_every rounds (round 3 here).
     s3, _ = syn.begin(s1, jax.random.key(15), 3)

@@ -115,7 +115,7 @@ def test_fast_round_matches_pytorch(meta):
         state, work = syn.begin(state, jax.random.key(1), 0)
         work = f64(work)
         start = jax.tree.map(np.asarray, state.params)
-        z0 = torch.from_numpy(np.array(work.fast["z"]))
+        z0 = torch.from_numpy(np.array(work.gen.trainable["z"]))
         losses = []
         for i in range(STEPS):
             work, m = syn.step(state, work, tv, None, jax.random.key(2 + i), warmup=True)
@@ -127,11 +127,11 @@ def test_fast_round_matches_pytorch(meta):
     labels = torch.from_numpy(np.array(work.labels)).long()
     t_losses, fast, t_z, moments = _torch_fast_round(gen, torch_teacher, z0, labels, cfg)
     np.testing.assert_allclose(losses, t_losses, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(work.fast["z"]), t_z.numpy(), atol=1e-4)
-    assert not np.allclose(np.asarray(work.fast["z"]), z0.numpy(), atol=1e-3)  # z moved
+    np.testing.assert_allclose(np.asarray(work.gen.trainable["z"]), t_z.numpy(), atol=1e-4)
+    assert not np.allclose(np.asarray(work.gen.trainable["z"]), z0.numpy(), atol=1e-3)  # z moved
 
     adapted = FastGenerator(NZ, NGF, SIZE, 3).double()
-    _flax_to_torch_generator(work.fast["g"], adapted)
+    _flax_to_torch_generator(work.gen.trainable["g"], adapted)
     for (name, a), b in zip(adapted.named_parameters(), fast.parameters(), strict=True):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-4, err_msg=name)
     if meta == "fomaml":

@@ -7,6 +7,7 @@ asymmetrically, which would break numerical parity with converted PyTorch weight
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -67,3 +68,45 @@ def global_avg_pool(x):
 
 max_pool2 = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
 avg_pool2 = functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
+
+
+Activation = Callable[[str], Callable]
+"""``act(name)`` -> the activation layer ``name`` of a residual block (``sn1``, ``sn2``): LIF
+neurons in the students, ReLU (no parameters, name unused) in the teachers."""
+
+
+def relu(name: str) -> Callable:
+    """The teachers' :data:`Activation`."""
+    del name
+    return nn.relu
+
+
+# The residual bodies below create their layers in the caller's compact ``__call__``, so the
+# layers are the caller's submodules and keep its parameter paths (``conv1``, ``bn1``, ...).
+
+
+def basic_block(x, features: int, stride: int, train: bool, dtype: Any, act: Activation):
+    """Post-activation ResNet block: act2(bn2(conv2(act1(bn1(conv1 x)))) + shortcut(x))."""
+    y = conv(features, 3, stride, dtype=dtype, name="conv1")(x)
+    y = batch_norm(train, dtype, "bn1")(y)
+    y = act("sn1")(y)
+    y = conv(features, 3, dtype=dtype, name="conv2")(y)
+    y = batch_norm(train, dtype, "bn2")(y)
+    if stride != 1 or x.shape[-1] != features:
+        x = conv(features, 1, stride, dtype=dtype, name="shortcut_0")(x)
+        x = batch_norm(train, dtype, "shortcut_1")(x)
+    return act("sn2")(y + x)
+
+
+def wide_basic(
+    x, features: int, stride: int, train: bool, dtype: Any, act: Activation, *, identity: bool
+):
+    """Pre-activation WRN block: conv2(act2(bn2(conv1 o))) plus ``x`` (``identity``) or
+    convShortcut(o), where o = act1(bn1(x)): the public code's shortcut on the activation."""
+    o = act("sn1")(batch_norm(train, dtype, "bn1")(x))
+    y = conv(features, 3, stride, dtype=dtype, name="conv1")(o)
+    y = act("sn2")(batch_norm(train, dtype, "bn2")(y))
+    y = conv(features, 3, dtype=dtype, name="conv2")(y)
+    if identity:
+        return x + y
+    return conv(features, 1, stride, dtype=dtype, name="convShortcut")(o) + y

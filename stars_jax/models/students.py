@@ -22,7 +22,14 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from stars_jax.models.layers import batch_norm, conv, global_avg_pool, max_pool2
+from stars_jax.models.layers import (
+    basic_block,
+    batch_norm,
+    conv,
+    global_avg_pool,
+    max_pool2,
+    wide_basic,
+)
 from stars_jax.models.teachers import VGG11_GROUPS
 from stars_jax.neurons import LIFParams, lif
 
@@ -57,8 +64,8 @@ def _unfold(y, time_steps):
     return y.reshape((time_steps, -1) + y.shape[1:])
 
 
-class SpikingBasicBlock(nn.Module):
-    """SpikingJelly's spiking BasicBlock: sn2(bn2(conv2(sn1(bn1(conv1 x)))) + shortcut(x))."""
+class _SpikingBlock(nn.Module):
+    """The fields of a spiking residual block, and its LIF activation."""
 
     features: int
     stride: int
@@ -66,17 +73,17 @@ class SpikingBasicBlock(nn.Module):
     lif_params: LIFParams
     dtype: Any = jnp.float32
 
+    @nn.nowrap  # creates a submodule of the caller's compact __call__
+    def lif_layer(self, name: str) -> LIF:
+        return LIF(self.time_steps, self.lif_params, name=name)
+
+
+class SpikingBasicBlock(_SpikingBlock):
+    """SpikingJelly's spiking BasicBlock: sn2(bn2(conv2(sn1(bn1(conv1 x)))) + shortcut(x))."""
+
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
-        y = batch_norm(train, self.dtype, "bn1")(y)
-        y = LIF(self.time_steps, self.lif_params, name="sn1")(y)
-        y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
-        y = batch_norm(train, self.dtype, "bn2")(y)
-        if self.stride != 1 or x.shape[-1] != self.features:
-            x = conv(self.features, 1, self.stride, dtype=self.dtype, name="shortcut_0")(x)
-            x = batch_norm(train, self.dtype, "shortcut_1")(x)
-        return LIF(self.time_steps, self.lif_params, name="sn2")(y + x)
+        return basic_block(x, self.features, self.stride, train, self.dtype, self.lif_layer)
 
 
 class SpikingResNet(nn.Module):
@@ -136,25 +143,15 @@ class SpikingVGG(nn.Module):
         return _unfold(logits, t), _unfold(feats, t)
 
 
-class SpikingWideBasic(nn.Module):
+class SpikingWideBasic(_SpikingBlock):
     """Pre-activation WRN block with LIF in place of ReLU (membrane-shortcut style)."""
-
-    features: int
-    stride: int
-    time_steps: int
-    lif_params: LIFParams
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        t, p = self.time_steps, self.lif_params
-        o = LIF(t, p, name="sn1")(batch_norm(train, self.dtype, "bn1")(x))
-        y = conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(o)
-        y = LIF(t, p, name="sn2")(batch_norm(train, self.dtype, "bn2")(y))
-        y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
-        if x.shape[-1] == self.features and self.stride == 1:
-            return x + y
-        return conv(self.features, 1, self.stride, dtype=self.dtype, name="convShortcut")(o) + y
+        identity = x.shape[-1] == self.features and self.stride == 1
+        return wide_basic(
+            x, self.features, self.stride, train, self.dtype, self.lif_layer, identity=identity
+        )
 
 
 class SpikingWideResNet(nn.Module):

@@ -18,26 +18,31 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from stars_jax.models.layers import batch_norm, conv, global_avg_pool, max_pool2
+from stars_jax.models.layers import (
+    basic_block,
+    batch_norm,
+    conv,
+    global_avg_pool,
+    max_pool2,
+    relu,
+    wide_basic,
+)
 
 
-class BasicBlock(nn.Module):
-    """Post-activation ResNet block: relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x))."""
+class _Block(nn.Module):
+    """The fields of a residual block."""
 
     features: int
     stride: int = 1
     dtype: Any = jnp.float32
 
+
+class BasicBlock(_Block):
+    """Post-activation ResNet block: relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x))."""
+
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
-        y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
-        y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
-        y = batch_norm(train, self.dtype, "bn2")(y)
-        if self.stride != 1 or x.shape[-1] != self.features:
-            x = conv(self.features, 1, self.stride, dtype=self.dtype, name="shortcut_0")(x)
-            x = batch_norm(train, self.dtype, "shortcut_1")(x)
-        return nn.relu(y + x)
+        return basic_block(x, self.features, self.stride, train, self.dtype, relu)
 
 
 class ResNet(nn.Module):
@@ -61,23 +66,14 @@ class ResNet(nn.Module):
         return logits, feats
 
 
-class WideBasic(nn.Module):
+class WideBasic(_Block):
     """Pre-activation WRN block with the public code's shortcut on relu(bn1(x))."""
-
-    features: int
-    stride: int = 1
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        equal_in_out = x.shape[-1] == self.features
-        o = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
-        y = conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(o)
-        y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
-        y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
-        if equal_in_out:
-            return x + y
-        return conv(self.features, 1, self.stride, dtype=self.dtype, name="convShortcut")(o) + y
+        # As the public code, identity whenever in == out (a stride alone does not project).
+        identity = x.shape[-1] == self.features
+        return wide_basic(x, self.features, self.stride, train, self.dtype, relu, identity=identity)
 
 
 class WideGroup(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -85,24 +86,44 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
     persistent projection head; positives are a global (crop + flip) and a local
     (random-resized-crop, area 25-100 %) view of the same image."""
     cfg = s.cfg
-    gen = Generator(tuple(s.image_shape), cfg.generator_width)
     names, channels = bn_channels(s.teacher, s.image_shape)
-    idx = select_layers(names, cfg.cmi_layers)
+    idx = tuple(select_layers(names, cfg.cmi_layers))
     dim = sum(channels[i] for i in idx)
-    head = ProjectionHead(hidden=dim, out=cfg.cmi_head_dim)
-    gen_opt = generator_adam(cfg.lr)
-    head_opt = optax.adam(cfg.lr)
-    n_neg = min(cfg.cmi_negatives, cfg.cmi_bank_size)
+    c = _CMI(
+        s,
+        gen=Generator(tuple(s.image_shape), cfg.generator_width),
+        head=ProjectionHead(hidden=dim, out=cfg.cmi_head_dim),
+        idx=idx,
+        dim=dim,
+        n_neg=min(cfg.cmi_negatives, cfg.cmi_bank_size),
+        gen_opt=generator_adam(cfg.lr),
+        head_opt=optax.adam(cfg.lr),
+    )
+    return Synthesizer(c.init, c.begin, c.step, c.end)
 
-    def init(key, teacher_vars):
-        hp = head.init(key, jnp.zeros((2, dim)))["params"]
-        feats = jnp.zeros((cfg.cmi_bank_size, 2 * dim), jnp.float32)
+
+@dataclasses.dataclass(frozen=True)
+class _CMI:
+    s: SynthSetup
+    gen: Any  # the generator module
+    head: Any  # the projection head module
+    idx: tuple  # the BN layers whose inputs give the features
+    dim: int  # their channels, summed
+    n_neg: int  # bank negatives per step
+    gen_opt: optax.GradientTransformation
+    head_opt: optax.GradientTransformation
+
+    def init(self, key, teacher_vars):
+        cfg = self.s.cfg
+        hp = self.head.init(key, jnp.zeros((2, self.dim)))["params"]
+        feats = jnp.zeros((cfg.cmi_bank_size, 2 * self.dim), jnp.float32)
         count, cursor = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)  # distinct: donated
-        return CMIState(hp, head_opt.init(hp), feats, count, cursor)
+        return CMIState(hp, self.head_opt.init(hp), feats, count, cursor)
 
-    def begin(state, key, round_):
+    def begin(self, state, key, round_):
+        s, cfg = self.s, self.s.cfg
         k_g, k_r, k_z, k_y = jax.random.split(key, 4)
-        v = gen.init(k_g, jnp.zeros((2, cfg.latent_dim)))
+        v = self.gen.init(k_g, jnp.zeros((2, cfg.latent_dim)))
         g = {
             "g": _cmi_reset(v["params"], k_r),
             "z": s.batch(jax.random.normal(k_z, (cfg.batch_size, cfg.latent_dim))),
@@ -111,54 +132,53 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
         work = CMIWork(
             gen=g,
             batch_stats=v["batch_stats"],
-            opt=gen_opt.init(g),
+            opt=self.gen_opt.init(g),
             labels=s.batch(random_labels(k_y, cfg.batch_size, s.num_classes)),
             head=state.head,
             head_opt=state.head_opt,
             best=no_best(x01),
-            best_feats=s.batch(jnp.zeros((cfg.batch_size, 2 * dim))),
+            best_feats=s.batch(jnp.zeros((cfg.batch_size, 2 * self.dim))),
         )
         return state, work
 
-    def negatives(state, key):
+    def negatives(self, state, key):
         n = state.feats.shape[0]
         order = jnp.where(jnp.arange(n) < state.count, jax.random.uniform(key, (n,)), 2.0)
-        _, pick = jax.lax.top_k(-order, n_neg)  # n_neg distinct rows, filled ones first
+        _, pick = jax.lax.top_k(-order, self.n_neg)  # n_neg distinct rows, filled ones first
         neg = state.feats[pick]
-        return neg[:, :dim], neg[:, dim:], jnp.arange(n_neg) < state.count
+        return neg[:, : self.dim], neg[:, self.dim :], jnp.arange(self.n_neg) < state.count
 
-    def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
+    def loss(self, g, hp, work, negatives, teacher_vars, student_vars, keys, warmup, tar_ref):
+        """L_syn + a_cr * the contrastive term; aux: metrics, generator BN stats, images and
+        their (local, global) features."""
+        s, cfg = self.s, self.s.cfg
+        k_g, k_l = keys
+        variables = {"params": g["g"], "batch_stats": work.batch_stats}
+        x01, new_vars = self.gen.apply(variables, g["z"], mutable=["batch_stats"])
+        total, aux = s.loss(
+            x01, work.labels, teacher_vars, student_vars, k_g, warmup, tar_ref=tar_ref
+        )
+        glob = instance_means(aux.bn.inputs, self.idx)
+        local_view = random_resized_crop(k_l, x01, flip=cfg.flip)
+        _, inter = s.teacher.apply(teacher_vars, s.normalize(local_view), mutable=["intermediates"])
+        local_bn = teacher_bn(inter["intermediates"], teacher_vars["batch_stats"])
+        local = instance_means(local_bn.inputs, self.idx)
+        project = lambda f: self.head.apply({"params": hp}, f)
+        cr = contrastive_loss(project, local, glob, *negatives, cfg.cr_temperature)
+        feats = jax.lax.stop_gradient(jnp.concatenate([local, glob], axis=-1))
+        metrics = {**aux.metrics, "synth/cr": cr, "synth/loss": total + cfg.a_cr * cr}
+        return total + cfg.a_cr * cr, (metrics, new_vars["batch_stats"], x01, feats)
+
+    def step(self, state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
         k_g, k_l, k_n = jax.random.split(key, 3)
-        neg_local, neg_glob, valid = negatives(state, k_n)
-
-        def loss_fn(g, hp):
-            x01, new_vars = gen.apply(
-                {"params": g["g"], "batch_stats": work.batch_stats},
-                g["z"],
-                mutable=["batch_stats"],
-            )
-            total, aux = s.loss(
-                x01, work.labels, teacher_vars, student_vars, k_g, warmup, tar_ref=tar_ref
-            )
-            glob = instance_means(aux.bn.inputs, idx)
-            local_view = random_resized_crop(k_l, x01, flip=cfg.flip)
-            _, inter = s.teacher.apply(
-                teacher_vars, s.normalize(local_view), mutable=["intermediates"]
-            )
-            local_bn = teacher_bn(inter["intermediates"], teacher_vars["batch_stats"])
-            local = instance_means(local_bn.inputs, idx)
-            project = lambda f: head.apply({"params": hp}, f)
-            cr = contrastive_loss(
-                project, local, glob, neg_local, neg_glob, valid, cfg.cr_temperature
-            )
-            feats = jax.lax.stop_gradient(jnp.concatenate([local, glob], axis=-1))
-            metrics = {**aux.metrics, "synth/cr": cr, "synth/loss": total + cfg.a_cr * cr}
-            return total + cfg.a_cr * cr, (metrics, new_vars["batch_stats"], x01, feats)
-
-        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-        (loss, (metrics, batch_stats, x01, feats)), (g_gen, g_head) = grad_fn(work.gen, work.head)
-        up_g, opt_state = gen_opt.update(g_gen, work.opt, work.gen)
-        up_h, head_state = head_opt.update(g_head, work.head_opt, work.head)
+        negatives = self.negatives(state, k_n)
+        grad_fn = jax.value_and_grad(self.loss, argnums=(0, 1), has_aux=True)
+        args = (work, negatives, teacher_vars, student_vars, (k_g, k_l), warmup, tar_ref)
+        (loss, (metrics, batch_stats, x01, feats)), (g_gen, g_head) = grad_fn(
+            work.gen, work.head, *args
+        )
+        up_g, opt_state = self.gen_opt.update(g_gen, work.opt, work.gen)
+        up_h, head_state = self.head_opt.update(g_head, work.head_opt, work.head)
         better = loss < work.best.loss
         new = CMIWork(
             gen=optax.apply_updates(work.gen, up_g),
@@ -172,7 +192,7 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
         )
         return new, metrics
 
-    def end(state, work):
+    def end(self, state, work):
         n, b = state.feats.shape[0], work.best_feats.shape[0]
         rows = (state.cursor + jnp.arange(b)) % n
         new_state = CMIState(
@@ -183,5 +203,3 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
             (state.cursor + b) % n,
         )
         return new_state, to_uint8(work.best.x01), work.labels
-
-    return Synthesizer(init, begin, step, end)

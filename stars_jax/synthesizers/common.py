@@ -17,7 +17,6 @@ import optax
 from stars_jax.apply import normalize
 from stars_jax.objective import (
     BNMoments,
-    SynthAux,
     crop_flip,
     synthesis_loss,
     update_ema,
@@ -135,45 +134,60 @@ def generator_adam(lr):
     return optax.adam(lr, b1=0.5, b2=0.999)  # the references' betas for generators
 
 
-class GeneratorStep(NamedTuple):
-    trainable: Any  # after the Adam step
+class GeneratorWork(NamedTuple):
+    """A generator method's round: what its Adam steps change, and the kept batch."""
+
+    trainable: Any  # {"g": generator params, and its trained inputs: latents, embeddings}
+    batch_stats: Any  # the generator's BN statistics
     opt: Any
-    batch_stats: Any  # the generator's BN statistics after its forward pass
-    loss: jax.Array  # L_syn of the images before the step
-    x01: jax.Array  # those images, [B, H, W, C] in [0, 1]
-    aux: SynthAux
-    grads: Any  # of L_syn with respect to ``trainable``
+    labels: jax.Array
+    moments: BNMoments | None  # the last step's teacher BN moments (for the EMA), or None
+    best: Best
 
 
-def generator_step(
-    s: SynthSetup,
-    gen,
-    optimizer,
-    trainable,
-    opt_state,
-    batch_stats,
-    gen_input,
-    labels,
-    ema,
-    teacher_vars,
-    student_vars,
-    key,
-    warmup,
-    tar_ref=None,
-) -> GeneratorStep:
-    """One Adam step on L_syn of a generator's images; ``trainable["g"]`` holds the generator's
-    params, ``gen_input(trainable)`` its input (latents, label embeddings)."""
+@dataclasses.dataclass(frozen=True)
+class GeneratorMethod:
+    """What Fast and NAYER share: Adam steps on L_syn of a generator's images.
 
-    def loss_fn(tr):
-        x01, new_vars = gen.apply(
-            {"params": tr["g"], "batch_stats": batch_stats}, gen_input(tr), mutable=["batch_stats"]
+    ``trainable["g"]`` holds the generator's params; ``gen_input(trainable, labels)`` gives its
+    input (latents, label embeddings)."""
+
+    s: SynthSetup
+    gen: Any  # the flax generator module
+    optimizer: optax.GradientTransformation
+    gen_input: Callable
+
+    def begin(self, trainable, batch_stats, labels) -> GeneratorWork:
+        s = self.s
+        x01 = s.batch(jnp.zeros((s.cfg.batch_size, *s.image_shape)))
+        moments = zero_moments(s.teacher, s.image_shape) if s.cfg.bn_ema else None
+        opt = self.optimizer.init(trainable)
+        return GeneratorWork(trainable, batch_stats, opt, labels, moments, no_best(x01))
+
+    def step(self, work: GeneratorWork, ema, teacher_vars, student_vars, key, warmup, tar_ref):
+        """One Adam step; returns the new work, the gradients of L_syn with respect to
+        ``trainable`` and the step's metrics."""
+        s = self.s
+
+        def loss_fn(tr):
+            variables = {"params": tr["g"], "batch_stats": work.batch_stats}
+            gen_in = self.gen_input(tr, work.labels)
+            x01, new_vars = self.gen.apply(variables, gen_in, mutable=["batch_stats"])
+            blend = ema_blend(ema, s.cfg.bn_ema)
+            total, aux = s.loss(
+                x01, work.labels, teacher_vars, student_vars, key, warmup, blend, tar_ref
+            )
+            return total, (aux, new_vars["batch_stats"], x01)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (aux, new_stats, x01)), grads = grad_fn(work.trainable)
+        updates, opt = self.optimizer.update(grads, work.opt, work.trainable)
+        new = GeneratorWork(
+            trainable=optax.apply_updates(work.trainable, updates),
+            batch_stats=new_stats,
+            opt=opt,
+            labels=work.labels,
+            moments=aux.moments if s.cfg.bn_ema else None,
+            best=keep_best(work.best, loss, x01),
         )
-        blend = ema_blend(ema, s.cfg.bn_ema)
-        total, aux = s.loss(x01, labels, teacher_vars, student_vars, key, warmup, blend, tar_ref)
-        return total, (aux, new_vars["batch_stats"], x01)
-
-    (loss, (aux, new_stats, x01)), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    updates, opt_state = optimizer.update(g, opt_state, trainable)
-    return GeneratorStep(
-        optax.apply_updates(trainable, updates), opt_state, new_stats, loss, x01, aux, g
-    )
+        return new, grads, aux.metrics

@@ -10,18 +10,15 @@ import optax
 
 from stars_jax.bank import to_uint8
 from stars_jax.models.generators import Generator
-from stars_jax.objective import BNMoments, zero_moments
 from stars_jax.synthesizers.common import (
     EMA,
-    Best,
+    GeneratorMethod,
+    GeneratorWork,
     Synthesizer,
     SynthSetup,
     ema_update,
     generator_adam,
-    generator_step,
     init_ema,
-    keep_best,
-    no_best,
     random_labels,
 )
 
@@ -34,13 +31,17 @@ class FastState(NamedTuple):
 
 
 class FastWork(NamedTuple):
-    fast: Any  # {"g": the round's copy of the generator, "z": latents [B, latent_dim]}
-    batch_stats: Any
-    opt: Any
-    labels: jax.Array
+    gen: GeneratorWork  # trainable: {"g": the round's copy of the generator, "z": latents}
     meta_grad: Any  # first-order MAML: the sum of the inner steps' generator gradients
-    moments: BNMoments | None  # the last step's teacher BN moments (for the EMA)
-    best: Best
+
+    # What every synthesizer's work exposes: the labels and the kept batch.
+    @property
+    def labels(self):
+        return self.gen.labels
+
+    @property
+    def best(self):
+        return self.gen.best
 
 
 def _reset_l1(gen_params, key):
@@ -70,6 +71,7 @@ def make_fast(s: SynthSetup) -> Synthesizer:
     inner = optax.multi_transform(
         {"g": generator_adam(cfg.lr), "z": generator_adam(cfg.lr_z)}, {"g": "g", "z": "z"}
     )
+    method = GeneratorMethod(s, gen, inner, lambda tr, labels: tr["z"])
     meta = generator_adam(cfg.lr * cfg.steps)
     z0 = jnp.zeros((2, cfg.latent_dim))
 
@@ -87,49 +89,18 @@ def make_fast(s: SynthSetup) -> Synthesizer:
                 lambda a, b: jnp.where(reset, a, b), _reset_l1(params, k_l0), params
             )
         z = s.batch(jax.random.normal(k_z, (cfg.batch_size, cfg.latent_dim)))
-        fast = {"g": params, "z": z}
-        x01 = s.batch(jnp.zeros((cfg.batch_size, *s.image_shape)))
-        work = FastWork(
-            fast=fast,
-            batch_stats=state.batch_stats,
-            opt=inner.init(fast),
-            labels=s.batch(random_labels(k_y, cfg.batch_size, s.num_classes)),
-            meta_grad=jax.tree.map(jnp.zeros_like, params) if cfg.meta == "fomaml" else None,
-            moments=zero_moments(s.teacher, s.image_shape) if cfg.bn_ema else None,
-            best=no_best(x01),
-        )
-        return state._replace(params=params), work
+        labels = s.batch(random_labels(k_y, cfg.batch_size, s.num_classes))
+        work = method.begin({"g": params, "z": z}, state.batch_stats, labels)
+        meta_grad = jax.tree.map(jnp.zeros_like, params) if cfg.meta == "fomaml" else None
+        return state._replace(params=params), FastWork(work, meta_grad)
 
     def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
-        r = generator_step(
-            s,
-            gen,
-            inner,
-            work.fast,
-            work.opt,
-            work.batch_stats,
-            lambda tr: tr["z"],
-            work.labels,
-            state.ema,
-            teacher_vars,
-            student_vars,
-            key,
-            warmup,
-            tar_ref,
-        )
-        new = FastWork(
-            fast=r.trainable,
-            batch_stats=r.batch_stats,
-            opt=r.opt,
-            labels=work.labels,
-            meta_grad=_accumulate(work.meta_grad, r.grads["g"]),
-            moments=r.aux.moments if cfg.bn_ema else None,
-            best=keep_best(work.best, r.loss, r.x01),
-        )
-        return new, r.aux.metrics
+        args = (state.ema, teacher_vars, student_vars, key, warmup, tar_ref)
+        gen_work, grads, metrics = method.step(work.gen, *args)
+        return FastWork(gen_work, _accumulate(work.meta_grad, grads["g"])), metrics
 
     def end(state, work):
-        start, adapted = state.params, work.fast["g"]
+        start, adapted = state.params, work.gen.trainable["g"]
         if cfg.meta == "fomaml":
             meta_grad = work.meta_grad
         else:  # Reptile: the meta "gradient" points from the adapted copy back to the start.
@@ -137,10 +108,10 @@ def make_fast(s: SynthSetup) -> Synthesizer:
         updates, meta_opt = meta.update(meta_grad, state.meta_opt, start)
         new_state = FastState(
             optax.apply_updates(start, updates),
-            work.batch_stats,
+            work.gen.batch_stats,
             meta_opt,
-            ema_update(state.ema, work.moments, cfg.bn_ema),
+            ema_update(state.ema, work.gen.moments, cfg.bn_ema),
         )
-        return new_state, to_uint8(work.best.x01), work.labels
+        return new_state, to_uint8(work.gen.best.x01), work.gen.labels
 
     return Synthesizer(init, begin, step, end)

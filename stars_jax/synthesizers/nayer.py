@@ -10,19 +10,15 @@ import optax
 
 from stars_jax.bank import to_uint8
 from stars_jax.models.generators import NoisyLayerGenerator
-from stars_jax.objective import BNMoments, zero_moments
 from stars_jax.synthesizers.common import (
     EMA,
-    Best,
+    GeneratorMethod,
     Synthesizer,
     SynthSetup,
     balanced_labels,
     ema_update,
     generator_adam,
-    generator_step,
     init_ema,
-    keep_best,
-    no_best,
 )
 
 
@@ -33,13 +29,24 @@ class NayerState(NamedTuple):
     ema: EMA | None
 
 
-class NayerWork(NamedTuple):
-    train: Any  # {"g": generator params, "e": label embeddings}
-    batch_stats: Any
-    opt: Any
-    labels: jax.Array
-    moments: BNMoments | None
-    best: Best
+# A round's work is a common.GeneratorWork whose trainable is
+# {"g": generator params, "e": label embeddings}.
+
+
+def _pick(again, fresh, params, batch_stats):
+    """The freshly initialised generator where ``again``, else the given one (NAYER's g_life)."""
+    pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(again, u, v), a, b)
+    return pick(fresh["params"], params), pick(fresh["batch_stats"], batch_stats)
+
+
+def _redraw_noise(params, key):
+    """The noisy layer, re-drawn from N(0, 1) with zero bias (every round)."""
+    kernel = params["noise_kernel"]
+    return {
+        **params,
+        "noise_kernel": jax.random.normal(key, kernel.shape, kernel.dtype),
+        "noise_bias": jnp.zeros_like(params["noise_bias"]),
+    }
 
 
 def make_nayer(s: SynthSetup) -> Synthesizer:
@@ -64,6 +71,7 @@ def make_nayer(s: SynthSetup) -> Synthesizer:
     embed_opt = generator_adam(cfg.lr) if cfg.embed == "learned" else optax.set_to_zero()
     opt = optax.multi_transform({"g": generator_adam(cfg.lr), "e": embed_opt}, {"g": "g", "e": "e"})
     e0 = jnp.zeros((cfg.batch_size, cfg.embed_dim))
+    method = GeneratorMethod(s, gen, opt, lambda tr, labels: s.batch(tr["e"][labels]))
 
     def init(key, teacher_vars):
         k_g, k_e = jax.random.split(key)
@@ -75,62 +83,23 @@ def make_nayer(s: SynthSetup) -> Synthesizer:
         k_g, k_n, k_y = jax.random.split(key, 3)
         params, batch_stats = state.params, state.batch_stats
         if cfg.reinit_every:
-            fresh = gen.init(k_g, e0)
             again = round_ % cfg.reinit_every == 0
-            pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(again, u, v), a, b)
-            params = pick(fresh["params"], params)
-            batch_stats = pick(fresh["batch_stats"], batch_stats)
-        kernel = params["noise_kernel"]
-        params = {
-            **params,
-            "noise_kernel": jax.random.normal(k_n, kernel.shape, kernel.dtype),
-            "noise_bias": jnp.zeros_like(params["noise_bias"]),
-        }
-        train = {"g": params, "e": state.embed}
-        x01 = s.batch(jnp.zeros((cfg.batch_size, *s.image_shape)))
-        work = NayerWork(
-            train=train,
-            batch_stats=batch_stats,
-            opt=opt.init(train),
-            labels=s.batch(balanced_labels(k_y, cfg.batch_size, s.num_classes)),
-            moments=zero_moments(s.teacher, s.image_shape) if cfg.bn_ema else None,
-            best=no_best(x01),
-        )
+            params, batch_stats = _pick(again, gen.init(k_g, e0), params, batch_stats)
+        params = _redraw_noise(params, k_n)
+        labels = s.batch(balanced_labels(k_y, cfg.batch_size, s.num_classes))
+        work = method.begin({"g": params, "e": state.embed}, batch_stats, labels)
         return state._replace(params=params, batch_stats=batch_stats), work
 
     def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
-        embed = lambda tr: s.batch(tr["e"][work.labels])
-        r = generator_step(
-            s,
-            gen,
-            opt,
-            work.train,
-            work.opt,
-            work.batch_stats,
-            embed,
-            work.labels,
-            state.ema,
-            teacher_vars,
-            student_vars,
-            key,
-            warmup,
-            tar_ref,
-        )
-        new = NayerWork(
-            train=r.trainable,
-            batch_stats=r.batch_stats,
-            opt=r.opt,
-            labels=work.labels,
-            moments=r.aux.moments if cfg.bn_ema else None,
-            best=keep_best(work.best, r.loss, r.x01),
-        )
-        return new, r.aux.metrics
+        args = (state.ema, teacher_vars, student_vars, key, warmup, tar_ref)
+        work, _, metrics = method.step(work, *args)
+        return work, metrics
 
     def end(state, work):
         new_state = NayerState(
-            work.train["g"],
+            work.trainable["g"],
             work.batch_stats,
-            work.train["e"],
+            work.trainable["e"],
             ema_update(state.ema, work.moments, cfg.bn_ema),
         )
         return new_state, to_uint8(work.best.x01), work.labels
