@@ -1,26 +1,34 @@
-"""Times the two hot steps of data-free ANN-to-SNN KD: stars_jax vs PyTorch (+ SpikingJelly).
+"""Times the two hot steps of data-free ANN-to-SNN KD, and a whole DFKD round: stars_jax vs
+PyTorch (+ SpikingJelly).
 
 (a) synthesis step: DeepInversion-style pixel update with the adversarial student term
     (teacher + spiking student forward, backward to the pixels, L_BN + CE + adversarial);
-(b) KD step: teacher forward, spiking student forward and backward, optimizer update.
+(b) KD step: teacher forward, spiking student forward and backward, optimizer update;
+(c) round (``--tables round``): ``--round_synth_steps`` synthesis steps, the kept batch into
+    the memory bank, ``--round_kd_steps`` KD steps from the bank (``distill.run_round``).
 
 Reference setting (the default): resnet34 teacher, spiking resnet18 student, T=4, batch 256,
 32x32x3. Both implementations run in the same invocation on the same device; each time is the
-median of ``--steps`` device-synchronised steps after ``--warmup``; compile time is separate.
-Each PyTorch mode runs in a child process with a time limit (``--torch_timeout``), so a
-``torch.compile`` that does not finish is reported as such instead of stalling the run. FLOPs
-are XLA's count for the stars_jax step (the same work on both sides); memory is per step
-(XLA's buffer assignment; PyTorch's allocator peak during the step).
+median of ``--steps`` device-synchronised steps after ``--warmup`` (rounds: ``--rounds``
+after one that compiles); compile time is separate. Each PyTorch mode runs in a child process
+(``torch_steps.py``) with a time limit (``--torch_timeout``), so a ``torch.compile`` that does
+not finish is reported as such instead of stalling the run. FLOPs are analytic
+(``benchmarks/flops.py``: the same work on both sides; XLA's own count, which misses
+convolutions run as cuDNN calls, is a separate column); memory is per step (XLA's buffer
+assignment; PyTorch's allocator peak during the step).
 
   python benchmarks/bench_steps.py                       # reference setting, on the GPU
+  python benchmarks/bench_steps.py --tables round        # the round table
   python benchmarks/bench_steps.py --tiny --steps 3      # seconds on a CPU (what CI runs)
+  python benchmarks/bench_steps.py --profile DIR         # traces + per-kernel table instead
 
-Prints a table and, with ``--out``, writes the rows as JSON.
+Prints the tables and, with ``--out``, writes the rows as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import signal
@@ -29,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -36,21 +45,49 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import flops  # noqa: E402
 from stars_jax.apply import NORMALIZATION  # noqa: E402
-from stars_jax.config import base_config  # noqa: E402
-from stars_jax.distill import KDContext, init_train_state, kd_step, make_optimizer  # noqa: E402
+from stars_jax.bank import init_bank  # noqa: E402
+from stars_jax.config import base_config, set_method  # noqa: E402
+from stars_jax.distill import (  # noqa: E402
+    KDContext,
+    init_train_state,
+    kd_step,
+    make_optimizer,
+    make_round_steps,
+    run_round,
+)
 from stars_jax.models.students import SpikingResNet  # noqa: E402
 from stars_jax.models.teachers import ResNet  # noqa: E402
-from stars_jax.synthesis import make_synthesizer  # noqa: E402
+from stars_jax.synthesis import SYNTHESIZERS, make_synthesizer  # noqa: E402
 
-# Dense peak of one device, FLOP/s, by JAX device_kind substring: (bf16, fp32 non-tensor-core).
-PEAKS = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12)}
+# Dense peak of one device, FLOP/s, by JAX device_kind substring (first match): (bf16, fp32).
+# fp32 is TF32 tensor-core peak: both sides' fp32 convolutions run TF32 by default on these
+# GPUs (XLA's default precision; PyTorch's cudnn.allow_tf32).
+PEAKS = {
+    "H100 PCIe": (756e12, 378e12),
+    "H200": (989e12, 495e12),
+    "H100": (989e12, 495e12),
+    "A100": (312e12, 156e12),
+}
 MEAN, STD = NORMALIZATION["cifar10"]
+NUM_CLASSES = 10
+TABLES = ("steps", "round")
 
 
 def _setting(tiny: bool):
     if tiny:
-        return dict(t_stages=(1, 1), s_stages=(1, 1), widths=(8, 16), batch=8, T=2, size=16)
+        generator = dict(generator_width=8, latent_dim=16, embed_dim=16, cmi_bank_size=64)
+        generator.update(cmi_negatives=16, cmi_head_dim=16)  # generator methods' round
+        return dict(
+            t_stages=(1, 1),
+            s_stages=(1, 1),
+            widths=(8, 16),
+            batch=8,
+            T=2,
+            size=16,
+            generator=generator,
+        )
     return dict(
         t_stages=(3, 4, 6, 3),
         s_stages=(2, 2, 2, 2),
@@ -88,33 +125,48 @@ def _step_bytes(compiled):
     )
 
 
-def _flops(compiled):
+def _xla_flops(compiled):
+    """XLA's own count: on a GPU it misses the convolutions run as cuDNN custom calls."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def jax_cases(s, dtype_name: str):
-    """``[(step name, fn(carry, *args) -> carry, carry, args)]`` for the two hot steps, at
-    setting ``s`` in ``dtype_name`` compute (also what ``inspect_steps.py`` lowers)."""
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
-    shape = (s["size"], s["size"], 3)
+def _models(s, dtype):
     teacher = ResNet(stage_sizes=s["t_stages"], widths=s["widths"], dtype=dtype)
     student = SpikingResNet(
         stage_sizes=s["s_stages"], widths=s["widths"], time_steps=s["T"], dtype=dtype
     )
+    return teacher, student
+
+
+def _synth_cfg(s, method: str = "deepinversion"):
+    """``config.synth`` of the benchmark: DeepInversion with CMI's weights (what the PyTorch
+    side runs), or another synthesizer at its reference settings; STARS terms off."""
+    cfg = base_config()
+    if method != "deepinversion":
+        set_method(cfg, method)
+    syn = cfg.synth
+    syn.method, syn.batch_size, syn.l_rca, syn.l_tar = method, s["batch"], 0, 0
+    if method == "deepinversion":
+        syn.jitter, syn.a_bn, syn.a_oh, syn.a_adv, syn.lr = 0, 1, 1, 0.5, 0.1
+    syn.update(s.get("generator", {}))
+    return syn
+
+
+def _jax_setup(s, dtype_name: str, method: str = "deepinversion"):
+    """Models, variables, student state, synthesizer and KD context at setting ``s``."""
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+    shape = (s["size"], s["size"], 3)
+    teacher, student = _models(s, dtype)
     tv = teacher.init(jax.random.key(0), jnp.zeros((2, *shape)))
     cfg = base_config()
-    syn_cfg = cfg.synth
-    syn_cfg.method, syn_cfg.batch_size, syn_cfg.jitter = "deepinversion", s["batch"], 0
-    syn_cfg.a_bn, syn_cfg.a_oh, syn_cfg.a_adv, syn_cfg.l_rca, syn_cfg.l_tar = 1, 1, 0.5, 0, 0
-    syn_cfg.lr = 0.1
     cfg.distill.optimizer = "sgd"  # nesterov, momentum 0.9, lr 0.1: what the PyTorch side runs
     cfg.distill.nesterov = True
     opt = make_optimizer(cfg.distill)
     st = init_train_state(student, opt, jax.random.key(1), shape, 1000)
-    syn = make_synthesizer(syn_cfg, teacher, student, shape, 10, MEAN, STD)
-    syn_state, work = syn.begin(syn.init(jax.random.key(2), tv), jax.random.key(2), 0)
+    syn_cfg = _synth_cfg(s, method)
+    syn = make_synthesizer(syn_cfg, teacher, student, shape, NUM_CLASSES, MEAN, STD)
     ctx = KDContext(
         teacher,
         student,
@@ -131,17 +183,44 @@ def jax_cases(s, dtype_name: str):
         lr=0.1,
         warmup_steps=0,
     )
-    images = jax.random.randint(jax.random.key(3), (s["batch"], *shape), 0, 256).astype(jnp.uint8)
+    return SimpleNamespace(shape=shape, tv=tv, st=st, syn_cfg=syn_cfg, syn=syn, ctx=ctx)
+
+
+def jax_cases(s, dtype_name: str):
+    """``[(step name, fn(carry, *args) -> carry, carry, args)]`` for the two hot steps, at
+    setting ``s`` in ``dtype_name`` compute (also what ``inspect_steps.py`` lowers)."""
+    j = _jax_setup(s, dtype_name)
+    syn_state, work = j.syn.begin(j.syn.init(jax.random.key(2), j.tv), jax.random.key(2), 0)
+    images = jax.random.randint(jax.random.key(3), (s["batch"], *j.shape), 0, 256)
+    images = images.astype(jnp.uint8)
     key = jax.random.key(4)
     return [
         (
             "synthesis",
-            lambda w, t, sv: syn.step(syn_state, w, t, sv, key)[0],
+            lambda w, t, sv: j.syn.step(syn_state, w, t, sv, key)[0],
             work,
-            (tv, st.variables),
+            (j.tv, j.st.variables),
         ),
-        ("kd", lambda c, t, x: kd_step(ctx, c, t, x, key)[0], st, (tv, images)),
+        ("kd", lambda c, t, x: kd_step(j.ctx, c, t, x, key)[0], j.st, (j.tv, images)),
     ]
+
+
+def analytic_flops(s, r: dict | None) -> dict[str, int]:
+    """FLOPs of each benchmarked step (``benchmarks/flops.py``), and of the round if ``r``."""
+    teacher, student = _models(s, jnp.float32)
+    shape = (s["size"], s["size"], 3)
+    out = {
+        "synthesis": flops.synthesis_step_flops(
+            _synth_cfg(s), teacher, student, shape, NUM_CLASSES
+        ),
+        "kd": flops.kd_step_flops(teacher, student, s["batch"], shape),
+    }
+    if r:
+        cfg = _synth_cfg(s, r["method"])
+        out["round"] = flops.round_flops(
+            cfg, teacher, student, shape, NUM_CLASSES, s["batch"], r["synth_steps"], r["kd_steps"]
+        )
+    return out
 
 
 def bench_jax(s, dtype_name: str, steps: int, warmup: int, dump_hlo: str = "") -> list[dict]:
@@ -162,36 +241,70 @@ def bench_jax(s, dtype_name: str, steps: int, warmup: int, dump_hlo: str = "") -
                 step=name,
                 ms=1e3 * median,
                 compile_s=compile_s,
-                flops=_flops(compiled),
+                xla_flops=_xla_flops(compiled),
                 step_bytes=_step_bytes(compiled),
+                images=s["batch"],
             )
         )
     return rows
 
 
-def bench_torch(s, mode: str, steps: int, warmup: int, timeout_s: float, tiny: bool) -> list[dict]:
-    """Runs one PyTorch mode in a child process: its GPU memory, caches and compile threads
-    stay apart from JAX's, and a compile that never finishes costs ``timeout_s``, not the run."""
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--torch_child",
-        mode,
-        "--steps",
-        str(steps),
-        "--warmup",
-        str(warmup),
-    ]
-    cmd += ["--tiny"] if tiny else []
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the child must not take the GPU for JAX
+def bench_jax_round(s, dtype_name: str, r: dict) -> dict:
+    """Times ``distill.run_round`` with the steps ``train.py`` jits (``make_round_steps``):
+    the first round compiles, then the median of ``r["rounds"]``, each synchronised."""
+    j = _jax_setup(s, dtype_name, r["method"])
+    steps = make_round_steps(j.syn, j.ctx, s["batch"], j.syn_cfg)
+    carry = (j.st, j.syn.init(jax.random.key(2), j.tv), init_bank(r["bank_size"], j.shape))
+    key = jax.random.key(5)
+
+    def one(carry, i):
+        k = jax.random.fold_in(key, i)
+        carry, _ = run_round(steps, carry, j.tv, k, i, r["synth_steps"], r["kd_steps"])
+        return jax.block_until_ready(carry)
+
+    t0 = time.perf_counter()
+    carry = one(carry, 0)
+    first_s = time.perf_counter() - t0
+    times = []
+    for i in range(1, r["rounds"] + 1):
+        t0 = time.perf_counter()
+        carry = one(carry, i)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return dict(
+        impl="stars_jax",
+        mode=dtype_name,
+        step="round",
+        ms=1e3 * median,
+        compile_s=first_s - median,  # the first round's excess
+        xla_flops=float("nan"),
+        step_bytes=None,
+        images=s["batch"] * (1 + r["kd_steps"]),  # kept + KD images, as train.py counts
+    )
+
+
+def _missing(mode: str, step: str, note: str) -> dict:
+    return dict(
+        impl="torch",
+        mode=mode,
+        step=step,
+        ms=float("nan"),
+        compile_s=float("nan"),
+        step_bytes=None,
+        images=0,
+        note=note,
+    )
+
+
+def bench_torch(spec: dict, timeout_s: float) -> list[dict]:
+    """Runs one PyTorch mode (``spec``: see ``torch_steps.run_mode``) in a child process: its
+    GPU memory, caches and compile threads stay apart from JAX's, and a compile that never
+    finishes costs ``timeout_s``, not the run."""
+    cmd = [sys.executable, str(Path(__file__).with_name("torch_steps.py"))]
+    cmd += ["--spec", json.dumps(spec)]
     # A session of its own, so a timeout also ends torch.compile's worker processes.
     proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     timed_out = False
     try:
@@ -201,107 +314,190 @@ def bench_torch(s, mode: str, steps: int, warmup: int, timeout_s: float, tiny: b
         out, err = proc.communicate()
         timed_out = True
     rows = [json.loads(x[4:]) for x in out.splitlines() if x.startswith("ROW ")]
-    if not timed_out and (proc.returncode or len(rows) < 2):
-        raise RuntimeError(f"torch {mode} failed:\n{out[-2000:]}\n{err[-4000:]}")
+    wanted = [x for t in spec["tables"] for x in (("synthesis", "kd") if t == "steps" else [t])]
+    note = f"no result within {timeout_s:.0f} s"
+    if not timed_out and proc.returncode:  # one mode failing must not lose the others' rows
+        print(f"torch {spec['mode']} failed:\n{out[-2000:]}\n{err[-4000:]}", flush=True)
+        note = "failed: " + (err.strip().splitlines() or ["?"])[-1][:200]
     done = {r["step"] for r in rows}
-    for step in ("synthesis", "kd"):
+    for step in wanted:
         if step not in done:
-            print(f"torch {mode} {step}: no result within {timeout_s:.0f} s", flush=True)
-            rows.append(
-                dict(
-                    impl="torch",
-                    mode=mode,
-                    step=step,
-                    ms=float("nan"),
-                    compile_s=float("nan"),
-                    flops=float("nan"),
-                    step_bytes=None,
-                    note=f"no result within {timeout_s:.0f} s",
-                )
-            )
+            print(f"torch {spec['mode']} {step}: {note}", flush=True)
+            rows.append(_missing(spec["mode"], step, note))
     return rows
 
 
-def torch_child(s, mode: str, steps: int, warmup: int) -> list[dict]:
-    import torch
+# ------------------------------------------------------------------------------- profiling
 
-    from benchmarks.torch_steps import ResNet as TResNet
-    from benchmarks.torch_steps import bn_hooks, make_kd_step, make_neuron, make_synth_step
+# Lines the trace viewer derives from the kernels (they would count each kernel twice).
+DERIVED_LINES = ("XLA Modules", "XLA Ops", "Steps", "Framework Name Scope", "Framework Ops")
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cudnn.benchmark = True
-    factory, backend = make_neuron(s["T"])
-    teacher = TResNet(s["t_stages"], s["widths"]).to(dev).eval()
-    student = TResNet(s["s_stages"], s["widths"], spiking_neuron=factory, T=s["T"]).to(dev)
-    stats = bn_hooks(teacher)
-    x = torch.randn(s["batch"], 3, s["size"], s["size"], device=dev, requires_grad=True)
-    y = torch.randint(0, 10, (s["batch"],), device=dev)
-    synth = make_synth_step(teacher, student.eval(), stats)
-    kd_opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    kd = make_kd_step(teacher, student, kd_opt)
-    compile_fn = (lambda f: torch.compile(f)) if mode == "bf16-compile" else (lambda f: f)
-    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=mode != "eager-fp32")
-    sync = (lambda _: torch.cuda.synchronize()) if dev == "cuda" else (lambda _: None)
-    rows = []
-    x_opt = torch.optim.Adam([x], lr=0.1, betas=(0.5, 0.9))
-    cases = [
-        ("synthesis", compile_fn(lambda: synth(x, x_opt, y)), lambda: student.eval()),
-        ("kd", compile_fn(lambda: kd(x.detach())), lambda: student.train()),
-    ]
-    for name, fn, set_mode in cases:
-        set_mode()
-        if dev == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        with autocast:
-            t0 = time.perf_counter()
-            fn()
-            sync(None)
-            compile_s = time.perf_counter() - t0  # first call: compiles when compiled
-            median = _timed(lambda c, f=fn: (f(), c)[1], None, (), steps, warmup, sync)
-        peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
-        rows.append(
+
+def load_trace(trace_dir) -> dict:
+    """The Chrome-format trace ``jax.profiler.trace`` wrote under ``trace_dir`` (newest)."""
+    files = sorted(Path(trace_dir).rglob("*.trace.json.gz"), key=os.path.getmtime)
+    files = files or sorted(Path(trace_dir).rglob("perfetto_trace.json.gz"), key=os.path.getmtime)
+    if not files:
+        raise FileNotFoundError(f"No *.trace.json.gz under {trace_dir}.")
+    with gzip.open(files[-1], "rt") as f:
+        return json.load(f)
+
+
+def kernel_events(trace: dict) -> list[dict]:
+    """Kernel executions: on a GPU the events of the device's stream lines; on a CPU, XLA's
+    thunks (the host events that name an ``hlo_op``)."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            procs[e["pid"]] = e["args"]["name"]
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[e["pid"], e.get("tid")] = e["args"]["name"]
+    done = [e for e in events if e.get("ph") == "X" and not e["name"].startswith("end: ")]
+    devices = {p for p, n in procs.items() if n.startswith("/device:")}
+    if not devices:
+        return [e for e in done if "hlo_op" in e.get("args", {})]
+    streams = {k for k, n in threads.items() if k[0] in devices and n.startswith("Stream")}
+    if streams:
+        return [e for e in done if (e["pid"], e.get("tid")) in streams]
+    line = lambda e: threads.get((e["pid"], e.get("tid")), "")
+    return [e for e in done if e["pid"] in devices and line(e) not in DERIVED_LINES]
+
+
+def kernel_table(trace: dict, steps: int, top: int, step_name: str = "") -> dict:
+    """The ``top`` kernels by total time, per step: ``{"kernel_us_per_step", "wall_us_per_step",
+    "kernels", "top": [{kernel, hlo_op, calls_per_step, us_per_step, pct}]}``; kernel time is
+    summed over streams, wall time is the ``step_name`` annotations' mean."""
+    agg = {}
+    for e in kernel_events(trace):
+        a = agg.setdefault(e["name"], {"hlo_op": e.get("args", {}).get("hlo_op", ""), "us": 0.0})
+        a["us"] += e["dur"]
+        a["calls"] = a.get("calls", 0) + 1
+    total = sum(a["us"] for a in agg.values())
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    walls = [e["dur"] for e in events if e.get("name") == step_name and e.get("ph") == "X"]
+    ranked = sorted(agg.items(), key=lambda kv: -kv[1]["us"])[:top]
+    return dict(
+        kernel_us_per_step=total / steps,
+        wall_us_per_step=statistics.mean(walls) if walls else float("nan"),
+        kernels=len(agg),
+        top=[
             dict(
-                impl=f"torch+{backend}",
-                mode=mode,
-                step=name,
-                ms=1e3 * median,
-                compile_s=compile_s if mode == "bf16-compile" else 0.0,
-                flops=float("nan"),
-                step_bytes=peak,
+                kernel=name,
+                hlo_op=a["hlo_op"],
+                calls_per_step=a["calls"] / steps,
+                us_per_step=a["us"] / steps,
+                pct=100 * a["us"] / (total or 1),
             )
-        )
-        print("ROW " + json.dumps(rows[-1]), flush=True)
-    return rows
+            for name, a in ranked
+        ],
+    )
 
 
-def report(rows: list[dict]) -> str:
-    kind = jax.devices()[0].device_kind
-    peak = next((v for k, v in PEAKS.items() if k in kind), None)
-    jax_flops = {r["step"]: r["flops"] for r in rows if r["impl"] == "stars_jax"}
+def _kernel_markdown(tables: dict) -> str:
+    lines = []
+    for case, t in tables.items():
+        lines += [
+            f"### {case}: {t['kernels']} kernels, {t['kernel_us_per_step']:.0f} us of kernel "
+            f"time per step (summed over streams), {t['wall_us_per_step']:.0f} us wall per step",
+            "| # | kernel | hlo op | calls/step | us/step | % |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for i, k in enumerate(t["top"], 1):
+            name = k["kernel"] if len(k["kernel"]) <= 90 else k["kernel"][:87] + "..."
+            lines.append(
+                f"| {i} | `{name}` | {k['hlo_op']} | {k['calls_per_step']:g} | "
+                f"{k['us_per_step']:.1f} | {k['pct']:.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def profile_jax(s, dtypes, out_dir: str, steps: int, top: int) -> dict:
+    """Profiles ``steps`` synchronised runs of each hot step (after one untraced run) into
+    ``out_dir/<step>_<dtype>/`` and writes the per-kernel tables as ``kernels.{md,json}``."""
+    tables = {}
+    for dt in dtypes:
+        for name, fn, carry, args in jax_cases(s, dt):
+            compiled = jax.jit(fn, donate_argnums=0).lower(carry, *args).compile()
+            carry = jax.block_until_ready(compiled(carry, *args))
+            trace_dir = Path(out_dir, f"{name}_{dt}")
+            with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+                for i in range(steps):
+                    with jax.profiler.StepTraceAnnotation(name, step_num=i):
+                        carry = jax.block_until_ready(compiled(carry, *args))
+            tables[f"{name}/{dt}"] = kernel_table(load_trace(trace_dir), steps, top, name)
+    md = f"device: {jax.devices()[0].device_kind}\n\n" + _kernel_markdown(tables)
+    Path(out_dir, "kernels.md").write_text(md)
+    Path(out_dir, "kernels.json").write_text(json.dumps(tables, indent=1))
+    print(md, flush=True)
+    return tables
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+_COMMON = ["eager torch / this", "fastest torch / this", "compile s", "TFLOP/s", "% peak"]
+STEP_COLUMNS = ["impl", "mode", "step", "ms", *_COMMON, "XLA's TFLOP/s", "step GiB"]
+ROUND_COLUMNS = ["impl", "mode", "round ms", "images/s", *_COMMON, "GiB"]
+
+
+def _cells(r: dict, eager: dict, fastest: dict, peak, is_round: bool) -> list[str]:
+    seconds = r["ms"] / 1e3
+    tflops = r["flops"] / seconds / 1e12
+    frac = "n/a"
+    if peak and not np.isnan(tflops):
+        frac = f"{100 * tflops * 1e12 / peak[0 if 'bf' in r['mode'] else 1]:.1f}"
+    lead = [f"{r['ms']:.1f}", f"{r['images'] / seconds:,.0f}"]
+    if not is_round:
+        lead = [r["step"], f"{r['ms']:.2f}"]
+    cells = [
+        r["impl"],
+        r["mode"],
+        *lead,
+        f"{eager.get(r['step'], float('nan')) / r['ms']:.2f}x",
+        f"{fastest.get(r['step'], float('nan')) / r['ms']:.2f}x",
+        f"{r['compile_s']:.1f}",
+        f"{tflops:.3g}",
+        frac,
+    ]
+    if not is_round:
+        cells.append(f"{r.get('xla_flops', float('nan')) / seconds / 1e12:.3g}")
+    return cells + [f"{r['step_bytes'] / 2**30:.3g}" if r.get("step_bytes") else "n/a"]
+
+
+def _table(rows: list[dict], peak, is_round: bool) -> list[str]:
     torch_rows = [r for r in rows if r["impl"].startswith("torch") and r["ms"] == r["ms"]]
     eager = {r["step"]: r["ms"] for r in torch_rows if r["mode"] == "eager-fp32"}
     fastest = {}
     for r in torch_rows:
         fastest[r["step"]] = min(fastest.get(r["step"], float("inf")), r["ms"])
+    head = ROUND_COLUMNS if is_round else STEP_COLUMNS
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        note = f" {r['note']}" if r.get("note") else ""
+        lines.append("| " + " | ".join(_cells(r, eager, fastest, peak, is_round)) + " |" + note)
+    return lines
+
+
+def report(rows: list[dict], flops_by_step: dict) -> str:
+    kind = jax.devices()[0].device_kind
+    peak = next((v for k, v in PEAKS.items() if k in kind), None)
+    counts = ", ".join(f"{k} {v / 1e9:,.2f} GFLOP" for k, v in flops_by_step.items())
+    peak_s = "unknown for this device"
+    if peak:
+        peak_s = f"{peak[0] / 1e12:.0f} (bf16) / {peak[1] / 1e12:.0f} (fp32 as TF32) TFLOP/s"
     lines = [
         f"device: {kind}",
-        "| impl | mode | step | ms | eager torch / this | fastest torch / this | "
-        "compile s | TFLOP/s | % peak | step GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"FLOPs (analytic, benchmarks/flops.py, 1 MAC = 2 FLOPs): {counts}",
+        f"peak: {peak_s}",
     ]
-    for r in rows:
-        flops = jax_flops.get(r["step"], float("nan"))  # the same work on both sides
-        tflops = flops / (r["ms"] / 1e3) / 1e12
-        frac = "n/a"
-        if peak and not np.isnan(tflops):
-            frac = f"{100 * tflops * 1e12 / peak[0 if 'bf' in r['mode'] else 1]:.1f}"
-        gib = f"{r['step_bytes'] / 2**30:.2f}" if r.get("step_bytes") else "n/a"
-        lines.append(
-            f"| {r['impl']} | {r['mode']} | {r['step']} | {r['ms']:.2f} | "
-            f"{eager.get(r['step'], float('nan')) / r['ms']:.2f}x | "
-            f"{fastest.get(r['step'], float('nan')) / r['ms']:.2f}x | {r['compile_s']:.1f} | "
-            f"{tflops:.1f} | {frac} | {gib} |" + (f" {r['note']}" if r.get("note") else "")
-        )
+    steps = [r for r in rows if r["step"] != "round"]
+    rounds = [r for r in rows if r["step"] == "round"]
+    if steps:
+        lines += ["", *_table(steps, peak, False)]
+    if rounds:
+        lines += ["", "DFKD round (images: kept + KD):", *_table(rounds, peak, True)]
     return "\n".join(lines)
 
 
@@ -314,8 +510,20 @@ def main(argv=None):
     p.add_argument(
         "--torch_modes",
         default="eager-fp32,bf16-compile",
-        help="eager-fp32, bf16-eager, bf16-compile (comma list); '' skips",
+        help="eager-fp32, bf16-eager, bf16-compile, each optionally +cl (channels-last); "
+        "comma list; '' skips",
     )
+    p.add_argument("--tables", default="steps", help="steps, round (comma list)")
+    p.add_argument("--rounds", type=int, default=2, help="timed rounds after the first")
+    p.add_argument(
+        "--round_method",
+        default="deepinversion",
+        choices=sorted(SYNTHESIZERS),
+        help="the round's synthesizer (the PyTorch side has DeepInversion only)",
+    )
+    p.add_argument("--round_synth_steps", type=int, default=40, help="NAYER's a round")
+    p.add_argument("--round_kd_steps", type=int, default=100)
+    p.add_argument("--bank_size", type=int, default=4096, help="memory bank (images)")
     p.add_argument("--out", default="")
     p.add_argument("--dump_hlo", default="", help="write each compiled stars_jax step here")
     p.add_argument(
@@ -324,21 +532,43 @@ def main(argv=None):
         default=300.0,
         help="seconds for each PyTorch mode, compilation included",
     )
-    p.add_argument("--torch_child", default="", help=argparse.SUPPRESS)
+    p.add_argument("--profile", default="", help="profile the JAX steps into this directory")
+    p.add_argument("--profile_steps", type=int, default=5)
+    p.add_argument("--top", type=int, default=25, help="kernels in each profile table")
     args = p.parse_args(argv)
     s = _setting(args.tiny)
-    if args.torch_child:  # one PyTorch mode, in the child process bench_torch started
-        torch_child(s, args.torch_child, args.steps, args.warmup)  # prints a ROW line per step
+    dtypes = list(filter(None, args.jax_dtypes.split(",")))
+    if args.profile:
+        profile_jax(s, dtypes, args.profile, args.profile_steps, args.top)
         return []
+    tables = [t for t in TABLES if t in args.tables.split(",")]
+    r = dict(
+        method=args.round_method,
+        synth_steps=args.round_synth_steps,
+        kd_steps=args.round_kd_steps,
+        rounds=max(args.rounds, 1),
+        bank_size=args.bank_size,
+    )
+    flops_by_step = analytic_flops(s, r if "round" in tables else None)
+    spec = dict(setting=s, tables=tables, steps=args.steps, warmup=args.warmup, round=r)
+    spec["norm"] = (MEAN, STD)
+    if args.round_method != "deepinversion":  # the PyTorch round is DeepInversion's
+        spec["tables"] = [t for t in tables if t != "round"]
     rows = []
-    for mode in filter(None, args.torch_modes.split(",")):
-        rows += bench_torch(s, mode, args.steps, args.warmup, args.torch_timeout, args.tiny)
-    for dt in filter(None, args.jax_dtypes.split(",")):
-        rows += bench_jax(s, dt, args.steps, args.warmup, args.dump_hlo)
-    table = report(rows)
+    for mode in filter(None, args.torch_modes.split(",")) if spec["tables"] else []:
+        rows += bench_torch({**spec, "mode": mode}, args.torch_timeout)
+    for dt in dtypes:
+        if "steps" in tables:
+            rows += bench_jax(s, dt, args.steps, args.warmup, args.dump_hlo)
+        if "round" in tables:
+            rows.append(bench_jax_round(s, dt, r))
+    for row in rows:
+        row["flops"] = flops_by_step[row["step"]]  # the same work on both sides
+    table = report(rows, flops_by_step)
     print(f"setting: {s}\n{table}", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"setting": s, "rows": rows}, indent=2))
+        out = {"setting": s, "flops": flops_by_step, "round": r, "rows": rows}
+        Path(args.out).write_text(json.dumps(out, indent=2))
     return rows
 
 

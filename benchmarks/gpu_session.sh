@@ -6,7 +6,10 @@
 # Here, once (needs ../shared and the package index):
 #   bash benchmarks/gpu_session.sh stage        # fills .gpu/ (git-ignored, ~46 MiB)
 # There, one command each (carry [".gpu"]):
-#   bash benchmarks/gpu_session.sh bench        # the step table, both sides (~6-8 min)
+#   bash benchmarks/gpu_session.sh bench        # the step table, both sides (~5 min, est.)
+#   bash benchmarks/gpu_session.sh round        # the DFKD round table, images/s (~5 min, est.)
+#   bash benchmarks/gpu_session.sh profile [N]  # jax.profiler on both hot steps, N steps
+#     each: $OUT/kernels.md (top kernels by time per step), traces in profile_traces.tar.gz
 #   bash benchmarks/gpu_session.sh budget stars 540     # CIFAR-10 budget run, STARS
 #   bash benchmarks/gpu_session.sh budget baseline 540  # the same without STARS
 #   bash benchmarks/gpu_session.sh dtype bfloat16 300   # fast path vs float32 accuracy:
@@ -16,42 +19,88 @@
 #   bash benchmarks/gpu_session.sh sweep 240 0-1 [sweep args]  # STARS vs baseline, paired
 #     over seeds 0-1 (stars_jax.sweep, 2 jobs at a time: ~9 min); --variant/--grid replace
 #     the default pair; rerun on the warm machine with more seeds and finished runs are kept
-# Extra --config.x=... flags after the seconds go to the job (a CPU smoke run of this script
-# shrinks the models and batches with them). A budget run's seconds count the whole job
-# (teacher conversion excluded); a command may run 600 s, so 540 leaves room for set-up. The issue's 10-minute run does not fit one
-# command: start it with `setsid nohup ... &` and collect $OUT/<name>/ in a later command.
+# bench, round and profile pass further arguments to bench_steps.py; TORCH_MODES,
+# JAX_DTYPES and TORCH_TIMEOUT override their defaults. Extra --config.x=... flags after the
+# seconds go to the job. A budget run's seconds count the whole job (teacher conversion
+# excluded); a command may run 600 s, so 540 leaves room for set-up. The issue's 10-minute
+# run does not fit one command: start it with `setsid nohup ... &` and collect $OUT/<name>/
+# in a later command.
+# Dry run, on a CPU (CI): DRY_RUN=1 bash benchmarks/gpu_session.sh MODE ... runs any mode
+# above but stage at tiny scale (tiny models, batches and step counts; 3 rounds a job; work
+# files under /tmp/gpu_dry), falling back to ../shared where .gpu/ is not staged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 LOGS=$OUT  # where run_job writes; the synth mode packs its many files into one archive
 G=.gpu
 PY=${PYTHON:-python3}
+DRY=${DRY_RUN:-0}
+W=/tmp  # work files: wheels, data, teachers, runs, caches
+BENCH_SCALE=()
+JOB_SCALE=()
+if [ "$DRY" = 1 ]; then
+  W=/tmp/gpu_dry
+  BENCH_SCALE=(--tiny --steps 2 --warmup 1 --rounds 1 --round_synth_steps 2 --round_kd_steps 2
+    --profile_steps 2 --torch_timeout "${TORCH_TIMEOUT:-120}")
+  JOB_SCALE=(--config.student.arch=resnet_tiny --config.synth.batch_size=8
+    --config.synth.steps=1 --config.synth.warmup_rounds=1 --config.synth.generator_width=8
+    --config.synth.latent_dim=16 --config.synth.embed_dim=16 --config.synth.cmi_bank_size=64
+    --config.synth.cmi_negatives=16 --config.synth.cmi_head_dim=16
+    --config.distill.batch_size=8 --config.distill.kd_steps=2 --config.distill.bank_size=64
+    --config.distill.rounds=3 --config.distill.eval_every=2 --config.ckpt.every=2
+    --config.data.eval_limit=64 --config.data.eval_batch_size=32 --config.log.grid_images=8)
+  TORCH_MODES=${TORCH_MODES:-eager-fp32,bf16-eager+cl}  # torch.compile takes minutes on a CPU
+fi
 
-setup() {  # wheels the device image lacks, the converted teacher, the test split
+staged() {  # a staged file, or (dry run) its source in ../shared
+  if [ -e "$G/$1" ] || [ "$DRY" != 1 ]; then echo "$G/$1"; else echo "$2"; fi
+}
+
+setup_env() {  # wheels the device image lacks
   if ! $PY -c "import ml_collections" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site $G/whl/*.whl
+      --target $W/site $G/whl/*.whl
   fi
-  export PYTHONPATH=/tmp/site:$PWD
-  mkdir -p "$OUT" /tmp/data
-  [ -d /tmp/data/cifar10-jpeg/test ] || tar -xzf $G/cifar10_test.tar.gz -C /tmp/data
-  [ -f /tmp/teachers/cifar10_resnet34/model.json ] ||
-    $PY -m stars_jax.convert --arch resnet34 --num_classes 10 \
-      --checkpoint $G/cifar10_resnet34_fp16.pth --out /tmp/teachers/cifar10_resnet34
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" || true
+  export PYTHONPATH=$W/site:$PWD
+  mkdir -p "$OUT"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" \
+    2> /dev/null || true
+}
+
+setup() {  # the wheels, the converted teacher, the test split
+  setup_env
+  mkdir -p $W/data
+  if [ ! -d $W/data/cifar10-jpeg/test ]; then
+    local data
+    data=$(staged cifar10_test.tar.gz "")
+    if [ -n "$data" ]; then tar -xzf "$data" -C $W/data
+    else mkdir -p $W/data/cifar10-jpeg && ln -sfn "$PWD/../shared/data/cifar10-jpeg/test" \
+      $W/data/cifar10-jpeg/test; fi
+  fi
+  [ -f $W/teachers/cifar10_resnet34/model.json ] ||
+    $PY -m stars_jax.convert --arch resnet34 --num_classes 10 --out $W/teachers/cifar10_resnet34 \
+      --checkpoint "$(staged cifar10_resnet34_fp16.pth ../shared/teachers/cifar10_resnet34_fp16.pth)"
 }
 
 run_job() {  # name, budget seconds, extra config flags... (CONFIG: the config file and arg)
   local name=$1 secs=$2
   shift 2
-  $PY -m stars_jax.main --config "${CONFIG:-configs/cifar10.py}" --workdir "/tmp/work/$name" \
-    --compilation_cache_dir=/tmp/xla --config.data.path=/tmp/data/cifar10-jpeg \
+  $PY -m stars_jax.main --config "${CONFIG:-configs/cifar10.py}" --workdir "$W/work/$name" \
+    --compilation_cache_dir=$W/xla --config.data.path=$W/data/cifar10-jpeg \
     --config.data.kind=image_folder \
-    --config.teacher.dir=/tmp/teachers/cifar10_resnet34 \
-    --config.distill.time_budget_s="$secs" "$@" 2>&1 | tee "$LOGS/$name.log"
-  cp "/tmp/work/$name/summary.json" "$LOGS/$name.summary.json"
-  cp "/tmp/work/$name/metrics.jsonl" "$LOGS/$name.metrics.jsonl"
-  cp "$(ls -d /tmp/work/$name/images/*.png | tail -n 1)" "$LOGS/$name.last_grid.png" || true
+    --config.teacher.dir=$W/teachers/cifar10_resnet34 \
+    --config.distill.time_budget_s="$secs" "${JOB_SCALE[@]}" "$@" 2>&1 | tee "$LOGS/$name.log"
+  cp "$W/work/$name/summary.json" "$LOGS/$name.summary.json"
+  cp "$W/work/$name/metrics.jsonl" "$LOGS/$name.metrics.jsonl"
+  cp "$(ls -d $W/work/$name/images/*.png | tail -n 1)" "$LOGS/$name.last_grid.png" || true
+}
+
+bench() {  # name, bench_steps.py arguments...
+  local name=$1
+  shift
+  $PY benchmarks/bench_steps.py --out "$OUT/$name.json" \
+    --torch_timeout "${TORCH_TIMEOUT:-150}" --jax_dtypes "${JAX_DTYPES:-float32,bfloat16}" \
+    "${BENCH_SCALE[@]}" "$@" 2>&1 | tee "$OUT/$name.log"
 }
 
 case "${1:-}" in
@@ -65,10 +114,30 @@ case "${1:-}" in
     du -sh $G
     ;;
   bench)
-    setup
-    $PY benchmarks/bench_steps.py --out "$OUT/bench.json" --dump_hlo /tmp/hlo \
-      --torch_timeout "${TORCH_TIMEOUT:-150}" 2>&1 | tee "$OUT/bench.log"
-    tar -czf "$OUT/hlo.tar.gz" -C /tmp hlo
+    setup_env
+    shift
+    rm -rf $W/hlo
+    bench bench --tables steps --dump_hlo $W/hlo \
+      --torch_modes "${TORCH_MODES:-eager-fp32,bf16-eager,bf16-eager+cl,bf16-compile}" "$@"
+    tar -czf "$OUT/hlo.tar.gz" -C $W hlo
+    ;;
+  round)
+    setup_env
+    shift
+    bench round --tables round --torch_modes "${TORCH_MODES:-eager-fp32,bf16-eager,bf16-compile}" \
+      "$@"
+    ;;
+  profile)
+    setup_env
+    steps=${2:-5}
+    shift $(($# < 2 ? $# : 2))
+    rm -rf $W/profile
+    $PY benchmarks/bench_steps.py --jax_dtypes "${JAX_DTYPES:-bfloat16,float32}" \
+      "${BENCH_SCALE[@]}" --profile $W/profile --profile_steps "$steps" "$@" 2>&1 |
+      tee "$OUT/profile.log"
+    cp $W/profile/kernels.md $W/profile/kernels.json "$OUT/"
+    # The Chrome/Perfetto traces (ui.perfetto.dev); the .xplane.pb files stay (large).
+    tar -czf "$OUT/profile_traces.tar.gz" -C $W/profile --exclude='*.xplane.pb' .
     ;;
   budget)
     setup
@@ -97,8 +166,8 @@ case "${1:-}" in
     while [ $# -gt 0 ] && [[ $1 != --* ]]; do methods+=("$1"); shift; done
     [ ${#methods[@]} -gt 0 ] || methods=(nayer fast)
     export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45}  # two jobs share the card
-    LOGS=/tmp/synth_runs
-    rm -rf "$LOGS" /tmp/work/synth_*
+    LOGS=$W/synth_runs
+    rm -rf "$LOGS" $W/work/synth_*
     mkdir -p "$LOGS"
     for m in "${methods[@]}"; do
       CONFIG="configs/cifar10.py:$m" run_job "synth_${m}_base" "$secs" --config.synth.l_rca=0 \
@@ -117,17 +186,18 @@ case "${1:-}" in
     secs=${2:?seconds per run}
     seeds=${3:?seeds, e.g. 0-1}
     shift 3
-    export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45} JAX_COMPILATION_CACHE_DIR=/tmp/xla
+    export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45} JAX_COMPILATION_CACHE_DIR=$W/xla
     pair=(--variant 'base:synth.l_rca=0,synth.l_tar=0,distill.b_rca=0' --variant 'stars:')
     [[ " $* " == *" --variant"* ]] && pair=()
     rc=0
-    $PY -m stars_jax.sweep --config "${CONFIG:-configs/cifar10.py}" --workdir /tmp/sweep \
+    $PY -m stars_jax.sweep --config "${CONFIG:-configs/cifar10.py}" --workdir $W/sweep \
       --seeds "$seeds" --parallel "${PARALLEL:-2}" "${pair[@]}" \
-      --config.data.path=/tmp/data/cifar10-jpeg --config.data.kind=image_folder \
-      --config.teacher.dir=/tmp/teachers/cifar10_resnet34 \
-      --config.distill.time_budget_s="$secs" "$@" 2>&1 | tee "$OUT/sweep.log" || rc=$?
-    cp /tmp/sweep/sweep.json /tmp/sweep/sweep.md "$OUT/" || true
-    tar -czf "$OUT/sweep_runs.tar.gz" -C /tmp/sweep --exclude=checkpoints --exclude=student runs
+      --config.data.path=$W/data/cifar10-jpeg --config.data.kind=image_folder \
+      --config.teacher.dir=$W/teachers/cifar10_resnet34 \
+      --config.distill.time_budget_s="$secs" "${JOB_SCALE[@]}" "$@" 2>&1 |
+      tee "$OUT/sweep.log" || rc=$?
+    cp $W/sweep/sweep.json $W/sweep/sweep.md "$OUT/" || true
+    tar -czf "$OUT/sweep_runs.tar.gz" -C $W/sweep --exclude=checkpoints --exclude=student runs
     exit $rc
     ;;
   *)
