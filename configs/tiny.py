@@ -36,4 +36,5 @@ def get_config(arg=None):
     c.distill.eval_every = 2
     c.ckpt.every = 2
     c.log.grid_images = 8
+    c.energy.enabled = False  # Keeps the tests fast; tests/test_workdir.py switches it on.
     return c

@@ -1,32 +1,44 @@
 """Wall-time budgets: how many rounds fit, and when to stop.
 
-With ``distill.time_budget_s > 0`` the main job aims to finish (final evaluation included)
-within that many seconds of wall time, counted from the job's start (teacher loading and
-compilation included) and carried across resumes. ``distill.rounds`` becomes an upper bound.
-After ``CALIBRATION_ROUNDS`` rounds the job measures its steady round time, plans the number
-of rounds that fit, and fits the learning-rate schedule to them (``TrainState.total_steps``),
-so the cosine reaches 0 when the time is up rather than being cut off half-way. Should
-rounds slow down later, it stops early anyway rather than overrun. ``decide`` makes each of
-these decisions from measured times alone (a pure function; the main job applies its plan).
+With ``distill.time_budget_s > 0`` the main job aims to finish (final evaluation and save
+included) within that many seconds of wall time, counted from the job's start (teacher
+loading and compilation included) and carried across resumes. ``distill.rounds`` becomes an
+upper bound.
+
+After every student round the job plans again how many rounds fit and fits the
+learning-rate schedule to them (``TrainState.total_steps``), so the cosine reaches 0 when the
+time is up rather than being cut off half-way. The plan rests on three separately measured
+times (``Timings``): a round's steps, an evaluation and a checkpoint save. A round's time is
+the median of the last ``WINDOW`` clean rounds (no compilation, evaluation or save inside
+them): one slow round, such as the first one, which compiles, or one that shared the machine
+with a burst of other work, moves it little, while a lasting change of speed takes over within
+half a window and the plan follows. ``decide`` is a pure function of those times; ``Tracker``
+collects them in the main job (and in the tests, under a fake clock).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from typing import NamedTuple
 
-# Rounds timed before planning: the first compiles every step, the next ones are steady.
-CALIBRATION_ROUNDS = 3
+WINDOW = 8  # clean rounds the steady round time looks back over
 
 
-def round_seconds(iteration_seconds: list[float]) -> float:
-    """A round's wall time, evaluations and checkpoints amortised in, without compilation:
-    the mean over this process's rounds but its first (which compiles every step). 0 while
-    only the first is known: the job then runs one more round to find out, since stopping on
-    a compile-inflated estimate could end a run that had time for many rounds."""
-    rest = iteration_seconds[1:]
-    return statistics.fmean(rest) if rest else 0.0
+def steady_seconds(clean_round_seconds: list[float], window: int = WINDOW) -> float:
+    """A round's steady time: the median of the last ``window`` clean rounds; 0 while none is
+    known (the job then runs one more round to find out rather than stop on a guess)."""
+    recent = clean_round_seconds[-window:]
+    return statistics.median(recent) if recent else 0.0
+
+
+class Timings(NamedTuple):
+    """Measured seconds (agreed across processes) that a plan rests on."""
+
+    round_s: float  # one round's steps (``steady_seconds``); 0 while unknown
+    eval_s: float  # one student evaluation
+    save_s: float  # one checkpoint save
 
 
 def plan_rounds(
@@ -45,10 +57,6 @@ def plan_rounds(
     return max(rounds_done, min(max_rounds, rounds_done + max(more, 0)))
 
 
-def next_round_fits(budget_s: float, elapsed_s: float, round_s: float, reserve_s: float) -> bool:
-    return elapsed_s + round_s + reserve_s <= budget_s
-
-
 class Plan(NamedTuple):
     """Where a budgeted run stops, and what a decision changed."""
 
@@ -56,6 +64,7 @@ class Plan(NamedTuple):
     planned: int  # 0 until the budget has decided (then equal to stop_at)
     refit: bool = False  # the learning-rate schedule must now end at stop_at
     notes: tuple[str, ...] = ()  # what to tell the user
+    reported: int = 0  # the stop the user was last told of
 
 
 def decide(
@@ -64,48 +73,98 @@ def decide(
     budget_s: float,
     elapsed_s: float,
     rounds_done: int,
-    student_rounds_timed: int,
-    round_s: float,
-    reserve_s: float,
+    timings: Timings,
+    eval_every: int,
+    save_every: int,
     max_rounds: int,
-    evaluating: bool,
+    pending_s: float = 0.0,
     warmup_rounds: int = 0,
     lr_warmup_rounds: int = 0,
 ) -> Plan:
     """The budget's decision after a student round, as a pure function of measured times.
 
-    Once ``CALIBRATION_ROUNDS`` student rounds are timed it plans how many rounds fit
-    (``plan_rounds``), and plans again at each evaluation (evaluation time is then measured);
-    between plans it stops early when the next round would overrun. A plan that moves the stop
-    by more than max(2, 5 %) is reported, with a warning when the learning-rate warm-up would
-    take over half of the student's rounds.
+    Plans how many rounds fit: each further round costs its steps plus its share of the
+    periodic evaluations and saves, and the final evaluation and save are held in reserve. The
+    schedule is refitted whenever the stop moves. A first plan, and a later one that moves the
+    stop by more than max(2, 5 %) from the last one reported, are reported; a warning is added
+    when the learning-rate warm-up would take over half of the student's rounds.
 
     Args:
       plan: the current plan.
       rounds_done: rounds finished, this one included.
-      student_rounds_timed: student rounds this process has timed (warm-up rounds excluded).
-      round_s: a round's wall time (``round_seconds``), agreed across processes.
-      reserve_s: the final evaluation's time.
-      evaluating: this round ends with an evaluation.
+      timings: the measured times (``round_s`` 0: not known yet, so no plan is made).
+      eval_every, save_every: rounds between evaluations, and between checkpoint saves.
+      pending_s: what this round still spends after the decision (its periodic evaluation
+        and save), counted as spent.
     """
-    if student_rounds_timed >= CALIBRATION_ROUNDS and (not plan.planned or evaluating):
-        fit = plan_rounds(budget_s, elapsed_s, rounds_done, round_s, reserve_s, max_rounds)
-        notes = ()
-        if not plan.planned or abs(fit - plan.stop_at) > max(2, plan.stop_at // 20):
-            notes = (
-                f"Time budget: {round_s:.2f} s per round, so {fit} rounds fit in "
-                f"{budget_s:.0f} s; the learning-rate schedule now ends there.",
-            )
-            if fit - warmup_rounds < 2 * lr_warmup_rounds:
-                notes += (
-                    f"  Warning: distill.lr_warmup_rounds={lr_warmup_rounds} is over half of "
-                    "the student's rounds; lower it for this budget.",
-                )
-        return Plan(fit, fit, refit=True, notes=notes)
-    if not next_round_fits(budget_s, elapsed_s, round_s, reserve_s):
-        note = (
-            f"Time budget: stopping after round {rounds_done} of {plan.stop_at} to stay within "
-            f"{budget_s:.0f} s."
+    t, elapsed_s = timings, elapsed_s + pending_s
+    reserve_s = t.eval_s + t.save_s
+    if t.round_s <= 0:  # Nothing to plan from yet; stop only if even the reserve is late.
+        if elapsed_s + reserve_s < budget_s:
+            return plan._replace(refit=False, notes=())
+        return _stop(plan, rounds_done, budget_s)
+    per_round = t.round_s + t.eval_s / eval_every + t.save_s / save_every
+    fit = plan_rounds(budget_s, elapsed_s, rounds_done, per_round, reserve_s, max_rounds)
+    if fit == rounds_done and plan.stop_at > rounds_done:
+        return _stop(plan, rounds_done, budget_s)
+    notes, reported = (), plan.reported
+    if not plan.planned or abs(fit - plan.reported) > max(2, plan.reported // 20):
+        was = f" (was {plan.reported})" if plan.planned else ""
+        notes = (
+            f"Time budget: rounds take {t.round_s:.2f} s, evaluations {t.eval_s:.1f} s, "
+            f"so {fit} rounds fit in {budget_s:.0f} s{was}; the learning-rate schedule now "
+            "ends there.",
         )
-        return Plan(rounds_done, rounds_done, notes=(note,))
-    return plan._replace(refit=False, notes=())
+        reported = fit
+        if fit - warmup_rounds < 2 * lr_warmup_rounds:
+            notes += (
+                f"  Warning: distill.lr_warmup_rounds={lr_warmup_rounds} is over half of "
+                "the student's rounds; lower it for this budget.",
+            )
+    refit = fit != plan.stop_at or not plan.planned
+    return Plan(fit, fit, refit=refit, notes=notes, reported=reported)
+
+
+def _stop(plan: Plan, rounds_done: int, budget_s: float) -> Plan:
+    note = (
+        f"Time budget: stopping after round {rounds_done} of {plan.stop_at} to stay within "
+        f"{budget_s:.0f} s."
+    )
+    return Plan(rounds_done, rounds_done, refit=True, notes=(note,), reported=rounds_done)
+
+
+class Tracker:
+    """Collects a job's measured times for ``decide``. ``agree`` makes a measured value the
+    same on every process (the main job passes ``parallel.agree``), since every process must
+    take the same decision."""
+
+    def __init__(self, eval_guess_s: float, agree: Callable[[float], float] = float):
+        self.agree = agree
+        self.clean: list[float] = []
+        self.eval_s = agree(eval_guess_s)  # a guess until an evaluation is timed
+        self.save_s = 0.0
+        self._seen: set = set()
+        # Seconds spent in each part of the job by this process (the summary's breakdown).
+        self.spent = {"synthesis_s": 0.0, "kd_s": 0.0, "evaluation_s": 0.0, "checkpoint_s": 0.0}
+
+    def round_done(self, seconds: float, kind, synth_seconds: float = 0.0, plan=True) -> None:
+        """A round's steps took ``seconds`` (``synth_seconds`` of them synthesising). The first
+        round of each ``kind`` (which jitted steps it ran) compiled them, and rounds with
+        ``plan`` False (the warm-up, which the budget does not plan for) are left out of the
+        round time."""
+        if plan and kind in self._seen:
+            self.clean.append(seconds)
+        self._seen.add(kind)
+        self.spent["synthesis_s"] += synth_seconds
+        self.spent["kd_s"] += seconds - synth_seconds
+
+    def evaluated(self, seconds: float) -> None:
+        self.eval_s = self.agree(seconds)
+        self.spent["evaluation_s"] += seconds
+
+    def saved(self, seconds: float) -> None:
+        self.save_s = self.agree(seconds)
+        self.spent["checkpoint_s"] += seconds
+
+    def timings(self) -> Timings:
+        return Timings(self.agree(steady_seconds(self.clean)), self.eval_s, self.save_s)

@@ -22,6 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_classes = 10
     c.data.eval_limit = 0  # Evaluate on the first N test images; 0 = all.
     c.data.eval_batch_size = 512  # A multiple of the device count.
+    # Image folders and Tiny-ImageNet: keep the decoded arrays here (.npz, keyed on every
+    # file's path, size and mtime) so reruns skip decoding; "" = decode every time.
+    c.data.cache_dir = ""
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.arch = "resnet_small"
@@ -46,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.neuron.detach_reset = False
     c.neuron.surrogate = "atan"
     c.neuron.alpha = 2.0
+    # LIF implementation: "scan" (lax.scan) or "pallas" (one fused kernel for the T-step update
+    # and its BPTT, stars_jax.lif_pallas; tested equal on CPU in interpret mode, GPU speed
+    # unmeasured).
+    c.neuron.kernel = "scan"
 
     c.synth = ml_collections.ConfigDict()
     # The synthesizer (stars_jax.synthesis.SYNTHESIZERS); set_method() applies its reference
@@ -96,7 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.synth.stars_start_round = 0
 
     c.distill = ml_collections.ConfigDict()
-    c.distill.mode = "data_free"  # or "real_data": KD on the real training set (upper bound).
+    # "data_free" (synthesis), "real_data" (KD on the real training set: the upper bound) or
+    # "transfer_set" (KD on the images of distill.transfer_set, from stars_jax.export_bank).
+    c.distill.mode = "data_free"
+    c.distill.transfer_set = ""
     c.distill.rounds = 45
     c.distill.kd_steps = 20  # Student updates per round.
     c.distill.batch_size = 64
@@ -125,9 +135,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.ckpt.every = 5  # Rounds between checkpoints (always at the end).
     c.ckpt.keep = 2
 
+    # The synaptic operations and energy of the student (and the teacher's MACs) on the whole
+    # test set, into summary.json and the console (stars_jax.energy); 45 nm energy figures.
+    c.energy = ml_collections.ConfigDict()
+    c.energy.enabled = True
+    c.energy.pj_per_ac = 0.9
+    c.energy.pj_per_mac = 4.6
+
     c.log = ml_collections.ConfigDict()
     c.log.every = 1  # Rounds between console lines.
     c.log.grid_images = 64  # Synthetic images in the PNG grid written at each evaluation.
+    # TensorBoard event files in the workdir (tensorboardX, the [tensorboard] extra).
+    c.log.tensorboard = True
     return c
 
 

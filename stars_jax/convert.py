@@ -1,4 +1,4 @@
-"""Convert a PyTorch teacher checkpoint into a ``stars_jax`` model directory.
+r"""Convert a PyTorch teacher checkpoint into a ``stars_jax`` model directory.
 
     python -m stars_jax.convert --arch wrn40_2 --num_classes 10 \
         --checkpoint ../shared/teachers/cifar10_wrn40_2.pth --out workdirs/teachers/wrn40_2
@@ -12,9 +12,12 @@ map as conv weight ``[O, I, kh, kw]`` -> ``kernel [kh, kw, I, O]``, linear weigh
 
 from __future__ import annotations
 
-import argparse
 import functools
+import os
+import pickle
+import re
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,8 +25,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from stars_jax import cli
 from stars_jax.apply import NORMALIZATION
+from stars_jax.errors import ConfigError, InputError, MissingInputError
 from stars_jax.model_dir import save_model_dir
 from stars_jax.models.teachers import TEACHERS, make_teacher
 
@@ -32,6 +38,11 @@ NAMED_NORMALIZATIONS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "none": ((0.0,) 
 _IGNORED_LEAVES = ("num_batches_tracked",)
 _HEAD_NAMES = ("linear", "fc", "classifier")
 _BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
+# torch's weights-only unpickler refusing an object for safety (as opposed to unreadable bytes).
+_UNSAFE_PICKLE = re.compile(
+    r"GLOBAL \S+ (?:was not an allowed global|whose module \S+ is blocked)"
+    r"|reduce for unrecognized function [^\n]*|Can only (?:create new object|build) [^\n]*"
+)
 
 FlatKey = tuple[str, ...]  # (collection, module, ..., leaf)
 
@@ -51,6 +62,50 @@ def _tensor_to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` has the layout of a ``torch.save`` file: a zip archive with a
+    ``data.pkl`` (or ``<name>/data.pkl``) entry, or a legacy pickle opening with PROTO 2..5."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
+        return any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
+    with path.open("rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= 5
+
+
+def _first_line(err: Exception) -> str:
+    """torch's own reason for a failed load, without its multi-paragraph advice."""
+    text = str(err).split("WeightsUnpickler error:", 1)[-1]
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
+
+
+def _torch_load(path: Path, weights_only: bool):
+    """``torch.load`` on CPU; its failures become one ``InputError`` that suggests
+    ``--unsafe_pickle`` only when the safe loader refused a pickled object."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError).
+        refused = _UNSAFE_PICKLE.search(str(e)) if weights_only else None
+        if isinstance(e, pickle.UnpicklingError) and refused:
+            raise InputError(
+                f"{path} pickles objects beyond tensors and plain containers, which the safe "
+                f"loader refuses ({refused.group(0)}). Re-save only the state dict "
+                "(torch.save(model.state_dict(), path)), or pass --unsafe_pickle, which runs "
+                "arbitrary code from the file: only for files you trust."
+            ) from e
+        raise InputError(
+            f"{path} looks like a torch.save file but torch.load cannot read it "
+            f"({type(e).__name__}: {_first_line(e)}); it is truncated or corrupt: copy or "
+            "export it again."
+        ) from e
+
+
 def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> Checkpoint:
     """Reads a ``torch.save`` file holding ``{"state_dict": ...}`` or a bare state dict.
 
@@ -61,41 +116,34 @@ def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> Checkpoin
 
     Returns:
       A ``Checkpoint`` with ``module.`` (DataParallel) prefixes stripped from the keys.
+
+    Raises:
+      MissingInputError: no file at ``path``.
+      InputError: the file is not a ``torch.save`` file, is truncated, holds no state dict, or
+        (only then suggesting ``--unsafe_pickle``) pickles objects the safe loader refuses.
     """
     import torch  # Lazy: only conversion needs PyTorch.
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}.")
-    with path.open("rb") as f:
-        magic = f.read(2)
-    # torch.save writes a zip archive (PK) or, in the legacy format, a pickle (0x80 protocol).
-    if not (magic == b"PK" or magic[:1] == b"\x80"):
-        raise ValueError(
-            f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle); "
-            "pass the .pth file written by torch.save."
+        raise MissingInputError(f"Checkpoint not found: {path}.")
+    if not _is_torch_file(path):
+        raise InputError(
+            f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive holding "
+            "data.pkl nor a legacy torch.save pickle); pass the .pth file written by torch.save, "
+            "or copy it again if it was one and is now truncated."
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError).
-        hint = (
-            " It pickles more than tensors; if you trust the file, pass --unsafe_pickle."
-            if "Weights only load failed" in str(e)
-            else ""
-        )
-        raise ValueError(
-            f"{path} is not a PyTorch checkpoint readable by torch.load: {e}{hint}"
-        ) from e
+    obj = _torch_load(path, weights_only)
     info: dict[str, Any] = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         info = {k: v for k, v in obj.items() if k != "state_dict"}
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(
+        raise InputError(
             f"{path} holds a {type(obj).__name__}, not a state dict or {{'state_dict': ...}}."
         )
     if bad := [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]:
-        raise ValueError(
+        raise InputError(
             f"{path} is not a state dict: entries {bad[:5]} are not tensors (top-level keys: "
             f"{list(obj)[:5]}); expected {{name: tensor}} or {{'state_dict': {{name: tensor}}}}."
         )
@@ -208,7 +256,7 @@ def convert_state_dict(
       ``{"params": ..., "batch_stats": ...}`` of float32 numpy arrays.
 
     Raises:
-      ValueError: listing every missing, unexpected and wrongly shaped key.
+      InputError: listing every missing, unexpected and wrongly shaped key.
     """
     converted: dict[FlatKey, np.ndarray] = {}
     torch_names: dict[FlatKey, str] = {}
@@ -236,7 +284,7 @@ def convert_state_dict(
             )
             lines.append(f"  wrong shape ({len(wrong)}): {shapes}")
         lines.append(_mismatch_hint(wrong, got, want, arch, source_arch))
-        raise ValueError("\n".join(lines))
+        raise InputError("\n".join(lines))
     return _unflatten({k: v.astype(np.float32) for k, v in converted.items()})
 
 
@@ -263,35 +311,81 @@ def parse_normalization(spec: str | None, info: Mapping, channels: int = 3):
     except ValueError:
         values = []
     if len(values) != 2 * channels:
-        raise ValueError(
+        raise ConfigError(
             f"--normalize {spec!r} is not understood; use one of {sorted(NAMED_NORMALIZATIONS)} "
             f"or {2 * channels} comma-separated numbers (the {channels} means, then the stds)."
         )
     return tuple(values[:channels]), tuple(values[channels:]), "--normalize values"
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m stars_jax.convert", description=__doc__.split("\n\n")[0]
+PROG = "python -m stars_jax.convert"
+USAGE = f"{PROG} --arch=ARCH --num_classes=K --checkpoint=FILE.pth --out=DIR [--overwrite]"
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """The CLI's flags (``stars_jax.cli``)."""
+    flags.DEFINE_enum("arch", None, sorted(TEACHERS), "Teacher architecture.", flag_values=fv)
+    flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "PyTorch .pth file.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Model directory to write.", flag_values=fv)
+    flags.DEFINE_string(
+        "normalize",
+        None,
+        "cifar10 | none | m1,m2,m3,s1,s2,s3 (default: the checkpoint's, else cifar10).",
+        flag_values=fv,
     )
-    p.add_argument("--arch", required=True, choices=sorted(TEACHERS))
-    p.add_argument("--num_classes", required=True, type=int)
-    p.add_argument("--checkpoint", required=True, type=Path, help="PyTorch .pth file")
-    p.add_argument("--out", required=True, type=Path, help="model directory to write")
-    p.add_argument(
-        "--normalize",
-        default=None,
-        help="cifar10 | none | m1,m2,m3,s1,s2,s3 (default: the checkpoint's, else cifar10)",
+    flags.DEFINE_integer(
+        "image_size", 32, "Input height = width in pixels.", lower_bound=1, flag_values=fv
     )
-    p.add_argument("--image_size", type=int, default=32, help="input height = width in pixels")
-    p.add_argument("--unsafe_pickle", action="store_true", help="torch.load(weights_only=False)")
-    return p.parse_args(argv)
+    flags.DEFINE_bool(
+        "unsafe_pickle",
+        False,
+        "torch.load(weights_only=False): runs arbitrary code from the file; only for "
+        "checkpoints you trust.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Write into a non-empty --out, replacing its model.json and variables.msgpack.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool("debug", False, cli.DEBUG_HELP, flag_values=fv)
+    flags.mark_flags_as_required(["arch", "num_classes", "checkpoint", "out"], flag_values=fv)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Raises InputError unless a model directory can be written at ``out``: it must not be a
+    file, a non-empty directory (unless ``overwrite``) or below a path that cannot be written.
+    Checked before the conversion, which takes a while, and without creating anything."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; pass a directory path (new or empty).")
+    try:
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise InputError(
+                f"--out {out} is not empty; pass --overwrite to replace its model files, or "
+                "choose a new directory."
+            )
+    except PermissionError as e:
+        raise InputError(f"cannot read --out {out} ({e.strerror}); pass another directory.") from e
+    base = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not base.is_dir():
+        raise InputError(f"cannot create --out {out}: {base} is a file; pass another path.")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to --out {out}: {base} is not writable; pass another path.")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """CLI entry point; returns the written model directory."""
-    args = _parse_args(argv)
-    ckpt = read_checkpoint(args.checkpoint, weights_only=not args.unsafe_pickle)
+    """CLI entry point (``argv`` with or without the program name); returns the written
+    model directory."""
+    return run(cli.parse(define_flags, argv, PROG))
+
+
+def run(args: flags.FlagValues) -> Path:
+    """Converts as the parsed flags say; returns the written model directory."""
+    out_dir, checkpoint = Path(args.out), Path(args.checkpoint)
+    _check_out(out_dir, args.overwrite)
+    ckpt = read_checkpoint(checkpoint, weights_only=not args.unsafe_pickle)
     source_arch = ckpt.info.get("arch")
     input_shape = (args.image_size, args.image_size, 3)
     variables = convert_state_dict(
@@ -304,16 +398,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
     mean, std, norm_source = parse_normalization(args.normalize, ckpt.info)
     # Keep the checkpoint's scalar metadata (epoch, best_acc1, arch, note) for provenance.
     source_info = {k: v for k, v in ckpt.info.items() if isinstance(v, str | int | float)}
-    out = save_model_dir(
-        args.out,
-        kind="teacher",
-        arch=args.arch,
-        num_classes=args.num_classes,
-        variables=variables,
-        normalization=(mean, std),
-        input_shape=input_shape,
-        extra={"source_checkpoint": str(args.checkpoint.resolve()), "source_info": source_info},
-    )
+    try:
+        out = save_model_dir(
+            out_dir,
+            kind="teacher",
+            arch=args.arch,
+            num_classes=args.num_classes,
+            variables=variables,
+            normalization=(mean, std),
+            input_shape=input_shape,
+            extra={"source_checkpoint": str(checkpoint.resolve()), "source_info": source_info},
+        )
+    except OSError as e:  # E.g. a read-only file system or a full disk, found only on writing.
+        raise InputError(f"cannot write to --out {args.out} ({e.strerror or e}).") from e
     n_params = sum(v.size for v in jax.tree_util.tree_leaves(variables["params"]))
     print(
         f"converted {args.arch} ({n_params / 1e6:.2f} M params, {args.num_classes} classes) "
@@ -323,7 +420,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:  # Bad input: the message is the report.
-        sys.exit(f"error: {err}")
+    cli.run_main(define_flags, run, USAGE)

@@ -1,5 +1,9 @@
 """Dataset loaders in pure numpy returning in-memory arrays: images uint8 NHWC, labels int32.
 
+A file that cannot be decoded (a truncated JPEG, a corrupt archive or pickle) stops the load
+with an ``InputError`` naming it, rather than being skipped: a silently smaller dataset would
+change results without a word.
+
 ``limit`` (all loaders but ``load_tfds``, which takes the first N) picks a deterministic,
 class-balanced subset: the first sample of every class, then the second of every class, and so
 on, in the dataset's own order; the subset keeps that order. limit=20 on 10 classes: 2 each.
@@ -7,20 +11,27 @@ on, in the dataset's own order; the subset keeps that order. limit=20 on 10 clas
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import pickle
 import re
+import struct
 import tarfile
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from stars_jax.errors import ConfigError, InputError, MissingInputError
 
 
 class Dataset(NamedTuple):
@@ -67,7 +78,7 @@ _TINY_LAYOUT = (
 # ----------------------------------------------------------------------------- shared helpers
 def _check_split(split: str, allowed: Sequence[str], where: str) -> None:
     if split not in allowed:
-        raise ValueError(f"split {split!r} is not one of {tuple(allowed)} for {where}")
+        raise ConfigError(f"split {split!r} is not one of {tuple(allowed)} for {where}")
 
 
 def _balanced_indices(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -76,7 +87,7 @@ def _balanced_indices(labels: np.ndarray, limit: int | None) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
     if limit < 1:
-        raise ValueError(f"limit must be a positive int or None, got {limit}")
+        raise ConfigError(f"limit must be a positive int or None, got {limit}")
     order = np.argsort(labels, kind="stable")  # grouped by class, dataset order inside a class
     grouped = labels[order]
     rank = np.empty(n, np.int64)
@@ -93,12 +104,43 @@ def _subset(images: np.ndarray, labels: np.ndarray, names, limit: int | None) ->
     )
 
 
+# What PIL raises for a truncated or corrupt file (UnidentifiedImageError is an OSError).
+_IMAGE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+# What a truncated or corrupt .tar.gz / .tar.xz / .gz raises while it is read.
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
+@contextlib.contextmanager
+def _corrupt_archive_names(path: Path):
+    """Turns a decode error raised while reading the archive ``path`` into one naming it."""
+    try:
+        yield
+    except _ARCHIVE_ERRORS as err:
+        raise InputError(
+            f"cannot read {path} ({type(err).__name__}: {err}); the archive is truncated or "
+            "corrupt: download it again (or pass the extracted directory)"
+        ) from err
+
+
 def _decode(path: Path, mode: str | None) -> np.ndarray:
     """Decodes one image file to uint8 ``[H, W, C]``; mode None keeps grey as C=1, else RGB."""
-    with Image.open(path) as im:
-        if mode is None:
-            mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
-        arr = np.asarray(im if im.mode == mode else im.convert(mode))
+    try:
+        with Image.open(path) as im:
+            if mode is None:
+                mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
+            arr = np.asarray(im if im.mode == mode else im.convert(mode))
+    except _IMAGE_ERRORS as err:
+        raise InputError(
+            f"cannot decode image {path} ({type(err).__name__}: {err}); the file is truncated "
+            "or not a valid image: delete it or re-export it from the original"
+        ) from err
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -113,7 +155,7 @@ def _decode_all(files: Sequence[Path], mode: str | None) -> np.ndarray:
         arrays = [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
     for f, a in zip(files, arrays, strict=True):
         if a.shape != arrays[0].shape:
-            raise ValueError(
+            raise InputError(
                 f"{f} has shape {a.shape} but {files[0]} has {arrays[0].shape}; "
                 "all images must have the same size (resize them first)"
             )
@@ -129,8 +171,14 @@ def _load_files(files, labels, names, mode, cache_dir: str | None, tag: str) -> 
             h.update(f"{f.resolve()}\0{f.stat().st_size}\0{f.stat().st_mtime_ns}\n".encode())
         cache = Path(cache_dir) / f"{tag}-{h.hexdigest()[:20]}.npz"
     if cache is not None and cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            return Dataset(z["images"], z["labels"], tuple(str(n) for n in z["class_names"]))
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return Dataset(z["images"], z["labels"], tuple(str(n) for n in z["class_names"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(
+                f"cannot read the decoded-image cache {cache} ({type(err).__name__}: {err}); "
+                "delete it: the next load decodes the images again and rewrites it"
+            ) from err
     ds = Dataset(_decode_all(files, mode), labels, tuple(names))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -167,22 +215,26 @@ def load_image_folder(
 
     Returns:
         Dataset with images uint8 ``[N, H, W, C]``, labels int32 ``[N]``.
+
+    Raises:
+        InputError: naming the first image that cannot be decoded (truncated, corrupt); the
+            load fails rather than skipping it. Delete or re-export that file.
     """
     base, split_dir = Path(root), Path(root) / split
     expected = f"expected {base}/{split}/<class name>/*.jpg|*.jpeg|*.png"
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"no directory {split_dir}; {expected}")
+        raise MissingInputError(f"no directory {split_dir}; {expected}")
     names = _subdirs(base / "train") or _subdirs(split_dir)
     stray = sorted(set(_subdirs(split_dir)) - set(names))
     if stray:
-        raise ValueError(f"{split_dir} has classes {stray} that {base}/train lacks; {expected}")
+        raise InputError(f"{split_dir} has classes {stray} that {base}/train lacks; {expected}")
     files, labels = [], []
     for label, name in enumerate(names):
         found = sorted(p for p in (split_dir / name).glob("*") if _is_image(p))
         files += found
         labels += [label] * len(found)
     if not files:
-        raise FileNotFoundError(f"no images found under {split_dir}; {expected}")
+        raise MissingInputError(f"no images found under {split_dir}; {expected}")
     keep = _balanced_indices(np.asarray(labels), limit)
     files, labels = [files[i] for i in keep], np.asarray(labels)[keep]
     return _load_files(files, labels, names, None, cache_dir, f"image_folder-{split}")
@@ -217,10 +269,13 @@ def _unpickle(blob: bytes, where: str) -> dict:
     try:
         # encoding='bytes': the real files are Python 2 pickles whose str keys become bytes.
         obj = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
-    except Exception as err:
-        raise ValueError(f"cannot unpickle {where}: {err}; expected {_CIFAR_LAYOUT}") from err
+    except Exception as err:  # Truncated or hostile files raise many types; all mean "bad file".
+        raise InputError(
+            f"cannot unpickle {where}: {err}; the file is truncated or not a CIFAR pickle: "
+            f"download the dataset again (expected {_CIFAR_LAYOUT})"
+        ) from err
     if not isinstance(obj, dict):
-        raise ValueError(f"{where} holds a {type(obj).__name__}, expected a dict")
+        raise InputError(f"{where} holds a {type(obj).__name__}, expected a dict")
     return obj
 
 
@@ -228,7 +283,8 @@ def _read_cifar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
     """Returns {basename: bytes} for the wanted CIFAR files in an archive or directory."""
     if path.is_file():
         out = {}
-        with tarfile.open(path, "r|*") as tar:  # streaming: one pass, nothing written to disk
+        # Streaming: one pass, nothing written to disk.
+        with _corrupt_archive_names(path), tarfile.open(path, "r|*") as tar:
             for member in tar:
                 name = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and name in wanted:
@@ -238,7 +294,7 @@ def _read_cifar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
         subs = [path / s for s in ("cifar-10-batches-py", "cifar-100-python")]
         d = next((s for s in subs if s.is_dir()), path)  # accept the parent dir too
         return {n: (d / n).read_bytes() for n in wanted if (d / n).is_file()}
-    raise FileNotFoundError(f"{path} does not exist; expected {_CIFAR_LAYOUT}")
+    raise MissingInputError(f"{path} does not exist; expected {_CIFAR_LAYOUT}")
 
 
 def load_cifar_python(path: str, split: str, limit: int | None = None) -> Dataset:
@@ -268,18 +324,18 @@ def load_cifar_python(path: str, split: str, limit: int | None = None) -> Datase
         files, meta, label_key, names_key = [split], "meta", b"fine_labels", b"fine_label_names"
     missing = [f for f in [*files, meta] if f not in blobs]
     if missing:
-        raise FileNotFoundError(f"{p} lacks {missing}; expected {_CIFAR_LAYOUT}")
+        raise MissingInputError(f"{p} lacks {missing}; expected {_CIFAR_LAYOUT}")
     images, labels = [], []
     for f in files:
         d = _unpickle(blobs[f], f"{p}:{f}")
         data = np.asarray(d.get(b"data", ()), dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or label_key not in d:
-            raise ValueError(f"{p}:{f} needs b'data' [N, 3072] and {label_key!r}")
+            raise InputError(f"{p}:{f} needs b'data' [N, 3072] and {label_key!r}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # CHW planes -> HWC
         labels.append(np.asarray(d[label_key], dtype=np.int32))
     raw_names = _unpickle(blobs[meta], f"{p}:{meta}").get(names_key)
     if raw_names is None:
-        raise ValueError(f"{p}:{meta} has no {names_key!r}")
+        raise InputError(f"{p}:{meta} has no {names_key!r}")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
     return _subset(np.concatenate(images), np.concatenate(labels), names, limit)
 
@@ -293,15 +349,17 @@ def _read_idx(stem: Path, ndim: int) -> np.ndarray:
     """Reads ``stem`` or ``stem.gz`` and validates the big-endian IDX header."""
     f = next((c for c in (stem, stem.with_name(stem.name + ".gz")) if c.is_file()), None)
     if f is None:
-        raise FileNotFoundError(f"neither {stem} nor {stem}.gz exists; expected {_IDX_LAYOUT}")
-    raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+        raise MissingInputError(f"neither {stem} nor {stem}.gz exists; expected {_IDX_LAYOUT}")
+    with _corrupt_archive_names(f):
+        raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
     header = 4 + 4 * ndim
     if len(raw) < header or int.from_bytes(raw[:4], "big") != _IDX_MAGIC[ndim]:
-        raise ValueError(f"{f}: bad IDX magic 0x{raw[:4].hex()}, expected {_IDX_MAGIC[ndim]:#010x}")
+        raise InputError(f"{f}: bad IDX magic 0x{raw[:4].hex()}, expected {_IDX_MAGIC[ndim]:#010x}")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if len(raw) - header != int(np.prod(dims)):
-        raise ValueError(
-            f"{f}: header says {dims} = {np.prod(dims)} bytes, found {len(raw) - header}"
+        raise InputError(
+            f"{f}: header says {dims} = {np.prod(dims)} bytes, found {len(raw) - header}; the "
+            "file is truncated: download it again"
         )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
@@ -324,24 +382,28 @@ def load_idx(path: str, split: str, limit: int | None = None) -> Dataset:
     _check_split(split, ("train", "test"), path)
     d = Path(path)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d} is not a directory; expected {_IDX_LAYOUT}")
+        raise MissingInputError(f"{d} is not a directory; expected {_IDX_LAYOUT}")
     prefix = "train" if split == "train" else "t10k"
     images = _read_idx(d / f"{prefix}-images-idx3-ubyte", 3)
     labels = _read_idx(d / f"{prefix}-labels-idx1-ubyte", 1)
     if len(images) != len(labels):
-        raise ValueError(f"{d}: {len(images)} {prefix} images but {len(labels)} labels")
+        raise InputError(f"{d}: {len(images)} {prefix} images but {len(labels)} labels")
     fashion = any("fashion" in n.lower() for n in (d.resolve().name, d.resolve().parent.name))
     names = FASHION_MNIST_CLASSES if fashion else DIGIT_CLASSES
     if labels.size and labels.max() >= len(names):
-        raise ValueError(f"{d}: label {labels.max()} out of range for {len(names)} classes")
+        raise InputError(f"{d}: label {labels.max()} out of range for {len(names)} classes")
     return _subset(images[..., None], labels, names, limit)
 
 
 # ----------------------------------------------------------------------------- Tiny-ImageNet
 def _read_lines(f: Path) -> list[str]:
     if not f.is_file():
-        raise FileNotFoundError(f"{f} is missing; expected {_TINY_LAYOUT}")
-    return [line for line in f.read_text().splitlines() if line.strip()]
+        raise MissingInputError(f"{f} is missing; expected {_TINY_LAYOUT}")
+    try:
+        text = f.read_text()
+    except UnicodeDecodeError as err:
+        raise InputError(f"{f} is not UTF-8 text ({err}); download the dataset again") from err
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def load_tiny_imagenet(
@@ -379,13 +441,13 @@ def load_tiny_imagenet(
         rows = [ln.split("\t") for ln in _read_lines(ann)]
         bad = next((r for r in rows if len(r) < 2 or r[1] not in index), None)
         if bad is not None:
-            raise ValueError(f"{ann}: bad row {bad}; expected 'file<TAB>wnid<TAB>x0 y0 x1 y1'")
+            raise InputError(f"{ann}: bad row {bad}; expected 'file<TAB>wnid<TAB>x0 y0 x1 y1'")
         files = [base / "val" / "images" / r[0] for r in rows]
         labels = [index[r[1]] for r in rows]
         if absent := [f for f in files if not f.is_file()][:3]:
-            raise FileNotFoundError(f"{ann} lists missing files, e.g. {absent}")
+            raise MissingInputError(f"{ann} lists missing files, e.g. {absent}")
     if not files:
-        raise FileNotFoundError(f"no {split} images under {base}; expected {_TINY_LAYOUT}")
+        raise MissingInputError(f"no {split} images under {base}; expected {_TINY_LAYOUT}")
     keep = _balanced_indices(np.asarray(labels), limit)
     files, labels = [files[i] for i in keep], np.asarray(labels)[keep]
     tag = f"tiny_imagenet-{'train' if split == 'train' else 'val'}"
@@ -420,10 +482,10 @@ def load_tfds(
     source = tfds.data_source(name, split=split, data_dir=data_dir)
     n = len(source) if limit is None else min(limit, len(source))
     if n < 1:
-        raise ValueError(f"tfds {name!r} split {split!r} is empty or limit={limit} < 1")
+        raise InputError(f"tfds {name!r} split {split!r} is empty or limit={limit} < 1")
     examples = [source[i] for i in range(n)]
     if not {"image", "label"} <= set(examples[0]):
-        raise ValueError(f"tfds {name!r} has keys {sorted(examples[0])}, need image and label")
+        raise InputError(f"tfds {name!r} has keys {sorted(examples[0])}, need image and label")
     images = np.stack([np.asarray(e["image"], dtype=np.uint8) for e in examples])
     labels = np.asarray([int(e["label"]) for e in examples], dtype=np.int32)
     info = getattr(source, "dataset_info", None)
@@ -463,7 +525,7 @@ def load_dataset(kind: str, path: str, split: str, limit: int | None = None, **k
         Dataset.
     """
     if kind not in LOADERS:
-        raise ValueError(f"unknown dataset kind {kind!r}; valid kinds: {sorted(LOADERS)}")
+        raise ConfigError(f"unknown dataset kind {kind!r}; valid kinds: {sorted(LOADERS)}")
     if kind == "tfds":
         name, _, data_dir = path.rpartition(":")
         if not name or _VERSION.match(data_dir):
@@ -476,11 +538,11 @@ def detect_kind(path: str) -> str:
     """Guesses the ``LOADERS`` key for what is at ``path`` ('tfds' is never guessed).
 
     Raises:
-        ValueError: naming ``path`` and the layouts expected, when nothing matches.
+        InputError: naming ``path`` and the layouts expected, when nothing matches.
     """
     p = Path(path)
     if p.is_file() and tarfile.is_tarfile(p):
-        with tarfile.open(p, "r|*") as tar:
+        with _corrupt_archive_names(p), tarfile.open(p, "r|*") as tar:
             first = next(iter(tar), None)
         if first is not None and first.name.split("/")[0].startswith("cifar-"):
             return "cifar_python"
@@ -496,20 +558,26 @@ def detect_kind(path: str) -> str:
             return "idx"
         if _subdirs(p / "train") and _subdirs(p / "test"):
             return "image_folder"
-    raise ValueError(
+    raise InputError(
         f"cannot tell the dataset kind of {path}; expected one of: image_folder "
         f"({_IMAGE_FOLDER_LAYOUT}), cifar_python ({_CIFAR_LAYOUT}), idx ({_IDX_LAYOUT}), "
         f"tiny_imagenet ({_TINY_LAYOUT})"
     )
 
 
+# Loaders that can keep their decoded arrays in ``config.data.cache_dir``.
+_CACHED = ("image_folder", "tiny_imagenet")
+
+
 def load_split(data_cfg, split: str, limit: int | None = None) -> Dataset:
     """Loads one split of a ``config.data`` section; a missing dataset says what to do."""
     try:
         if not Path(data_cfg.path).exists() and data_cfg.kind != "tfds":
-            raise FileNotFoundError(f"Dataset path {data_cfg.path} does not exist.")
+            raise MissingInputError(f"Dataset path {data_cfg.path} does not exist.")
         kind = detect_kind(data_cfg.path) if data_cfg.kind == "auto" else data_cfg.kind
-        return load_dataset(kind, data_cfg.path, split, limit=limit)
+        cache = data_cfg.get("cache_dir", "")
+        kwargs = {"cache_dir": str(Path(cache).expanduser())} if cache and kind in _CACHED else {}
+        return load_dataset(kind, data_cfg.path, split, limit=limit, **kwargs)
     except FileNotFoundError as e:
         hint = ""
         if data_cfg.name == "fashion_mnist":
@@ -519,4 +587,4 @@ def load_split(data_cfg, split: str, limit: int | None = None) -> Dataset:
                 "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in one directory "
                 "and pass --config.data.path=DIR."
             )
-        raise FileNotFoundError(f"{e}{hint} (config.data.path={data_cfg.path!r})") from e
+        raise MissingInputError(f"{e}{hint} (config.data.path={data_cfg.path!r})") from e

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -54,6 +55,7 @@ def lif_params(cfg) -> LIFParams:
         detach_reset=cfg.detach_reset,
         surrogate=cfg.surrogate,
         alpha=cfg.alpha,
+        kernel=cfg.get("kernel", "scan"),  # configs saved before the switch existed
     )
 
 
@@ -247,6 +249,7 @@ class RoundOutput(NamedTuple):
     labels: jax.Array | None  # the labels it was synthesised for
     preds: jax.Array | None  # the teacher's classes on it
     metrics: dict
+    synth_seconds: float = 0.0  # wall time of the synthesis part (with ``timed``)
 
 
 def run_round(
@@ -258,10 +261,13 @@ def run_round(
     synth_steps: int,
     kd_steps: int,
     warmup: bool = False,
+    timed: bool = False,
 ):
     """One DFKD round: ``synth_steps`` synthesis steps, the kept batch into the bank, then
     ``kd_steps`` student updates from the bank. Everything stays on device. In a warm-up
     round the synthesis objective is BN + CE only (``warmup``); callers pass ``kd_steps=0``.
+    ``timed`` waits for the synthesis to finish before the KD steps are dispatched, to time it
+    (one host sync a round).
 
     Args:
       carry: ``(student_state, synth_state, bank)``.
@@ -272,6 +278,7 @@ def run_round(
       batch's health, KD metrics are averaged over the round's steps.
     """
     state, synth_state, bank = carry
+    t0 = time.perf_counter()
     k_syn, k_kd = jax.random.split(key)
     metrics, out = {}, RoundOutput(None, None, None, {})
     if steps.synth_step is not None:
@@ -294,6 +301,9 @@ def run_round(
         bank, preds, health = steps.add_synthetic(bank, teacher_vars, images, labels)
         metrics = {**metrics, **health}
         out = RoundOutput(images, labels, preds, {})
+        if timed:
+            jax.block_until_ready(bank.count)
+            out = out._replace(synth_seconds=time.perf_counter() - t0)
     kd_sum = None
     for j in range(kd_steps):
         state, m = steps.kd_bank_step(state, teacher_vars, bank, jax.random.fold_in(k_kd, j))

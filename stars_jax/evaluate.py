@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy of a model directory on a labelled image set.
+r"""Top-1 / top-5 accuracy of a model directory on a labelled image set.
 
     python -m stars_jax.evaluate --model workdirs/teachers/wrn40_2 \
         --data_dir ../shared/data/cifar10-jpeg --split test
@@ -12,7 +12,6 @@ directory scores here what its run reported.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -22,9 +21,10 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from stars_jax import cli, energy, errors, parallel
 from stars_jax import data as data_lib
-from stars_jax import parallel
 from stars_jax.apply import check_dataset
 from stars_jax.model_dir import load_model_dir
 
@@ -139,31 +139,87 @@ def _stderr_progress(t0: float) -> Callable[[int, int], None]:
     return report
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m stars_jax.evaluate", description=__doc__.split("\n\n")[0]
+PROG = "python -m stars_jax.evaluate"
+USAGE = f"{PROG} --model=DIR --data_dir=PATH [--split=test] [--teacher=DIR]"
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """The CLI's flags (``stars_jax.cli``)."""
+    flags.DEFINE_string("model", None, "Model directory (see stars_jax.model_dir).", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Dataset path: what the main job calls --config.data.path (see stars_jax.data).",
+        flag_values=fv,
     )
-    p.add_argument("--model", required=True, help="model directory (see stars_jax.model_dir)")
-    p.add_argument("--data_dir", required=True, help="dataset path (see stars_jax.data)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="class-balanced subset of N images")
-    p.add_argument("--batch_size", type=int, default=500)
-    p.add_argument(
-        "--data_kind", default="auto", help=f"auto | {' | '.join(sorted(data_lib.LOADERS))}"
+    flags.DEFINE_string("split", "test", "Dataset split.", flag_values=fv)
+    flags.DEFINE_integer(
+        "limit", None, "Class-balanced subset of N images.", lower_bound=1, flag_values=fv
     )
-    return p.parse_args(argv)
+    flags.DEFINE_integer("batch_size", 500, "Images per step.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_enum(
+        "data_kind",
+        "auto",
+        ["auto", *sorted(data_lib.LOADERS)],
+        "Dataset format (--config.data.kind in the main job); auto detects it from the path.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "energy",
+        True,
+        "Students: synaptic operations and energy on the evaluated images (--noenergy: skip).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "teacher", None, "A teacher model directory to compare energy with.", flag_values=fv
+    )
+    flags.DEFINE_float("pj_per_ac", energy.PJ_PER_AC, "Energy per accumulate, pJ.", flag_values=fv)
+    flags.DEFINE_float(
+        "pj_per_mac", energy.PJ_PER_MAC, "Energy per multiply-accumulate, pJ.", flag_values=fv
+    )
+    flags.DEFINE_bool("debug", False, cli.DEBUG_HELP, flag_values=fv)
+    flags.mark_flags_as_required(["model", "data_dir"], flag_values=fv)
+
+
+def _energy(args, loaded, images) -> dict:
+    """The student's synaptic operations and energy on ``images`` (and the teacher's MACs)."""
+    norm = loaded.meta["normalization"]
+    mean_std = (tuple(norm["mean"]), tuple(norm["std"]))
+    ops = energy.model_ops(
+        loaded.model, "student", loaded.variables, images, *mean_std, args.batch_size
+    )
+    teacher_ops = None
+    if args.teacher:
+        t = load_model_dir(args.teacher)
+        t_norm = t.meta["normalization"]
+        t_mean_std = (tuple(t_norm["mean"]), tuple(t_norm["std"]))
+        first = images[: args.batch_size]
+        teacher_ops = energy.model_ops(
+            t.model, "teacher", t.variables, first, *t_mean_std, args.batch_size
+        )
+    report = energy.energy_report(ops, teacher_ops, args.pj_per_ac, args.pj_per_mac)
+    print(energy.format_report(report), file=sys.stderr, flush=True)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """CLI entry point; prints and returns the result record."""
-    args = _parse_args(argv)
+    """CLI entry point (``argv`` with or without the program name); prints and returns the
+    result record."""
+    return run(cli.parse(define_flags, argv, PROG))
+
+
+def run(args: flags.FlagValues) -> dict:
+    """Evaluates as the parsed flags say; prints and returns the result record."""
     t0 = time.perf_counter()
     loaded = load_model_dir(args.model)
     meta = loaded.meta
     kind = data_lib.detect_kind(args.data_dir) if args.data_kind == "auto" else args.data_kind
     print(f"loading {kind} {args.data_dir} split={args.split}", file=sys.stderr, flush=True)
     ds = data_lib.load_dataset(kind, args.data_dir, args.split, args.limit)
-    check_dataset(ds.images.shape, len(ds.class_names), meta)
+    try:
+        check_dataset(ds.images.shape, len(ds.class_names), meta)
+    except ValueError as err:  # A dataset that does not fit the model: the user's to fix.
+        raise errors.InputError(str(err)) from err
     load_seconds = time.perf_counter() - t0
     print(
         f"evaluating {meta['kind']} {meta['arch']} on {len(ds.labels)} images "
@@ -179,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.batch_size,
         progress=_stderr_progress(time.perf_counter()),
     )
+    if args.energy and meta["kind"] == "student":
+        result["energy"] = _energy(args, loaded, ds.images)
     record = {
         **result,
         "model": str(args.model),
@@ -197,7 +255,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:  # Bad input: the message is the report.
-        sys.exit(f"error: {err}")
+    cli.run_main(define_flags, run, USAGE)

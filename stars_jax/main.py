@@ -5,15 +5,20 @@ Rerunning the same command resumes from the newest checkpoint in ``--workdir`` (
 or a gs:// bucket). Multi-process: ``--coordinator_address``, ``--num_processes`` and
 ``--process_id`` (TPU pods and SLURM jobs are detected without them). Compiled steps are
 cached in ``--compilation_cache_dir``, so a rerun or resume starts in seconds.
+
+Expected errors (a bad config value or key, a workdir in use or holding another run's
+checkpoints, unreadable input files) print one paragraph and exit with status 2; ``--debug``
+(or ``STARS_JAX_DEBUG=1``) shows their traceback.
 """
 
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from stars_jax import parallel, train
+from stars_jax import cli, errors, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
@@ -27,6 +32,13 @@ flags.DEFINE_string(
     "JAX's persistent compilation cache: reruns and resumes skip recompiling the steps. "
     "'' disables it; the JAX_COMPILATION_CACHE_DIR environment variable wins over this flag.",
 )
+flags.DEFINE_list(
+    "allow_config_change",
+    [],
+    "Config keys a resumed run may change although they define the run (see "
+    "stars_jax.workdir.SAFE_KEYS for those that may always change).",
+)
+flags.DEFINE_bool("debug", False, "Show tracebacks of expected errors too.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,8 +56,16 @@ def main(argv):
     parallel.maybe_initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() != 0:  # One console: progress lines come from process 0 only.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's whole life)
+    run = lambda: train.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, tuple(FLAGS.allow_config_change)
+    )
+    errors.report_user_errors(run, debug=FLAGS.debug or errors.debug_requested())
+
+
+USAGE = "python -m stars_jax.main --config=FILE --workdir=DIR [--config.KEY=VALUE ...]"
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_or_exit(argv, USAGE))

@@ -23,25 +23,60 @@ def _fmt(v) -> str:
 
 
 class Writer:
-    """Appends metrics to ``metrics.jsonl`` and prints one console line per logged round.
+    """Appends metrics to ``metrics.jsonl``, prints one console line per logged round and,
+    with ``tensorboard``, writes the same scalars, image grids and histograms as TensorBoard
+    event files into the workdir (``tensorboard --logdir WORKDIR``; needs the light
+    ``tensorboardX`` package: ``pip install -e ".[tensorboard]"``, no TensorFlow).
 
-    Only the writing process (process 0) should own a Writer with ``enabled=True``.
+    Only the writing process (process 0) should own a Writer with ``enabled=True``. Rounds are
+    TensorBoard steps, 1-based as on the console.
     """
 
-    def __init__(self, workdir: str | Path, total_rounds: int, enabled: bool = True):
-        self.path = Path(workdir) / "metrics.jsonl"
+    def __init__(
+        self, workdir: str | Path, total_rounds: int, enabled: bool = True, tensorboard=False
+    ):
+        self.workdir = Path(workdir)
+        self.path = self.workdir / "metrics.jsonl"
         self.total = total_rounds
         self.enabled = enabled
         self.t0 = time.time()
         self.first_round: int | None = None
+        self.tb = None
+        self._want_tb = tensorboard and enabled
 
     def drop_after(self, round_: int) -> None:
-        """On resume: forget rounds a killed run logged after its last checkpoint."""
+        """On resume: forget rounds a killed run logged after its last checkpoint (in
+        TensorBoard too: its events from later steps are purged)."""
+        if self._want_tb:
+            self.tb = _tensorboard(self.workdir, purge_step=round_ + 2)
         if not self.enabled or not self.path.exists():
             return
         lines = self.path.read_text().splitlines()
         kept = [x for x in lines if x and json.loads(x)["round"] <= round_]
         self.path.write_text("".join(x + "\n" for x in kept))
+
+    def image(self, round_: int, tag: str, grid: np.ndarray) -> None:
+        if self.tb is not None:
+            self.tb.add_image(tag, grid, round_ + 1, dataformats="HWC")
+
+    def histogram(self, round_: int, tag: str, values) -> None:
+        if self.tb is not None:
+            self.tb.add_histogram(tag, np.asarray(values, np.float64), round_ + 1)
+
+    def hparams(self, config: dict, results: dict) -> None:
+        """The run's hyperparameters (flat ``section.key``) beside its final results."""
+        if self.tb is None:
+            return
+        clean = lambda v: v if isinstance(v, (int, float, str, bool)) else str(v)
+        self.tb.add_hparams(
+            {k: clean(v) for k, v in config.items()},
+            {k: float(v) for k, v in results.items()},
+            name="hparams",
+        )
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
     def write(self, round_: int, metrics: dict, console_keys=None) -> None:
         if not self.enabled:
@@ -52,6 +87,10 @@ class Writer:
         record = {"round": round_, "time": round(now, 3)}
         record.update({k: float(v) if np.ndim(v) == 0 else v for k, v in metrics.items()})
         _append(self.path, json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("round", "time") and np.ndim(v) == 0:
+                    self.tb.add_scalar(k, v, round_ + 1)
         done = round_ + 1 - self.first_round
         rate = (now - self.t0) / max(done - 1, 1) if done > 1 else math.nan
         eta = "?" if math.isnan(rate) else _fmt_seconds(rate * (self.total - round_ - 1))
@@ -59,6 +98,23 @@ class Writer:
         shown = " ".join(f"{k}={_fmt(record[k])}" for k in keys if k in record)
         speed = "" if math.isnan(rate) else f"{rate:.2f}s/round "
         print(f"[{round_ + 1}/{self.total}] {speed}ETA {eta} | {shown}", flush=True)
+
+
+def _tensorboard(workdir: Path, purge_step: int):
+    """A tensorboardX SummaryWriter on the workdir, or None (with a note) where none can be."""
+    if str(workdir).startswith(("gs://", "s3://")):
+        print("TensorBoard events are written for local workdirs only.", flush=True)
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        print(
+            'TensorBoard events need tensorboardX: pip install -e ".[tensorboard]" '
+            "(or set --config.log.tensorboard=False).",
+            flush=True,
+        )
+        return None
+    return SummaryWriter(str(workdir), purge_step=purge_step, flush_secs=30)
 
 
 def _append(path, text: str) -> None:
@@ -72,12 +128,13 @@ def _append(path, text: str) -> None:
 
 def save_image_grid(
     path: str | Path, images_u8: np.ndarray, labels=None, preds=None, ncol: int = 8
-) -> None:
+) -> np.ndarray:
     """Writes ``[N, H, W, C]`` uint8 images as one PNG grid (C = 1 or 3).
 
     With ``labels`` the tiles are sorted by label and captioned ``label>pred`` when ``preds``
     (the teacher's classes) are given too: green where they agree, red where they do not.
-    Small images are enlarged so that the caption stays readable.
+    Small images are enlarged so that the caption stays readable. Returns the grid as an
+    ``[H, W, 3]`` uint8 array.
     """
     from PIL import Image, ImageDraw
 
@@ -113,6 +170,7 @@ def save_image_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         picture.save(f, format="PNG")
+    return np.asarray(picture)
 
 
 def write_json(path: str | Path, obj: dict) -> None:

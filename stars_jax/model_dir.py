@@ -28,6 +28,7 @@ from flax import serialization
 
 import stars_jax
 from stars_jax.apply import logits_fn
+from stars_jax.errors import ConfigError, InputError, MissingInputError
 
 META_FILE = "model.json"
 VARIABLES_FILE = "variables.msgpack"
@@ -37,6 +38,12 @@ _HOW_TO_CREATE = (
     "Create one with `python -m stars_jax.convert --arch ARCH --num_classes N "
     "--checkpoint IN.pth --out DIR` (teachers) or by a distillation run (students)."
 )
+_HOW_TO_REWRITE = (
+    "write the directory again (teachers: `python -m stars_jax.convert ... --overwrite`; "
+    "students: rerun the distillation that exported it)."
+)
+_CORE_KEYS = ("kind", "arch", "num_classes", "normalization", "input_shape")
+_REQUIRED_KEYS = {"teacher": _CORE_KEYS, "student": (*_CORE_KEYS, "time_steps", "lif")}
 
 
 class LoadedModel(NamedTuple):
@@ -78,7 +85,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
 
     A reader never sees a half-written file, even if this process is killed mid-write.
@@ -131,12 +138,12 @@ def save_model_dir(
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (H, W, C), got {tuple(input_shape)}.")
     if not len(mean) == len(std) == input_shape[-1]:
-        raise ValueError(
+        raise ConfigError(
             f"normalization mean {mean} / std {std} must have one value per input channel "
             f"(C = {input_shape[-1]})."
         )
     if min(std) <= 0:
-        raise ValueError(f"normalization std must be > 0, got {std}.")
+        raise ConfigError(f"normalization std must be > 0, got {std}.")
     reserved = {"kind", "arch", "num_classes", "normalization", "input_shape"}
     if clash := reserved & set(extra or {}):
         raise ValueError(f"extra must not override the core fields {sorted(clash)}.")
@@ -153,32 +160,38 @@ def save_model_dir(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     # Variables first, model.json last: a directory with a model.json is complete.
-    _atomic_write(path / VARIABLES_FILE, serialization.msgpack_serialize(tree))
-    _atomic_write(path / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(path / VARIABLES_FILE, serialization.msgpack_serialize(tree))
+    atomic_write(path / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return path
 
 
 def check_model_dir(meta: Mapping, arch: str | None = None, num_classes: int | None = None):
-    """Raises ValueError when a loaded directory is not the expected ``arch`` / ``num_classes``."""
+    """Raises InputError when a loaded directory is not the expected ``arch`` / ``num_classes``."""
     if arch is not None and meta["arch"] != arch:
-        raise ValueError(
+        raise InputError(
             f"Model directory holds arch {meta['arch']!r} but {arch!r} was expected; "
             "point to the right directory or change the expected arch."
         )
     if num_classes is not None and int(meta["num_classes"]) != int(num_classes):
-        raise ValueError(
+        raise InputError(
             f"Model directory has num_classes={meta['num_classes']} but {num_classes} was "
             "expected; point to the right directory or change num_classes."
         )
 
 
 def build_model(meta: Mapping, dtype: Any = jnp.float32) -> nn.Module:
-    """The Flax module described by ``meta`` (teacher or student)."""
-    if meta["kind"] == "teacher":
-        from stars_jax.models.teachers import make_teacher
+    """The Flax module described by ``meta`` (teacher or student).
 
-        return make_teacher(meta["arch"], meta["num_classes"], dtype)
-    if meta["kind"] == "student":
+    Raises:
+      InputError: when ``meta`` names an unknown kind or arch, or invalid student settings.
+    """
+    if meta["kind"] not in KINDS:
+        raise InputError(f"model.json kind must be one of {KINDS}, got {meta['kind']!r}.")
+    try:
+        if meta["kind"] == "teacher":
+            from stars_jax.models.teachers import make_teacher
+
+            return make_teacher(meta["arch"], meta["num_classes"], dtype)
         # Lazy: students pull in the neuron code, which teacher-only users do not need.
         from stars_jax.models.students import make_student
         from stars_jax.neurons import LIFParams
@@ -189,7 +202,11 @@ def build_model(meta: Mapping, dtype: Any = jnp.float32) -> nn.Module:
             time_steps=meta["time_steps"],
             lif=LIFParams(**meta["lif"]),
         )
-    raise ValueError(f"model.json kind must be one of {KINDS}, got {meta['kind']!r}.")
+    except (ValueError, TypeError) as err:  # Unknown arch, bad time_steps or lif fields.
+        raise InputError(
+            f"model.json describes a {meta['kind']} that cannot be built ({err}); fix "
+            f"model.json or {_HOW_TO_REWRITE}"
+        ) from err
 
 
 def make_predict(logits: Callable, variables: Mapping) -> Callable:
@@ -204,11 +221,61 @@ def make_predict(logits: Callable, variables: Mapping) -> Callable:
 
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. {_HOW_TO_CREATE}")
+        raise MissingInputError(f"{what} not found: {path}. {_HOW_TO_CREATE}")
+
+
+def _read_meta(file: Path) -> dict:
+    """Parses ``model.json`` and checks the keys that rebuilding the model needs."""
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(
+            f"{file} is not valid JSON ({err}); it is truncated or was edited by hand: fix it "
+            f"or {_HOW_TO_REWRITE}"
+        ) from err
+    if not isinstance(meta, dict):
+        raise InputError(
+            f"{file} holds a JSON {type(meta).__name__}, not an object; {_HOW_TO_REWRITE}"
+        )
+    if meta.get("kind") not in KINDS:
+        raise InputError(
+            f"{file}: 'kind' must be one of {KINDS}, got {meta.get('kind')!r}; fix it or "
+            f"{_HOW_TO_REWRITE}"
+        )
+    if missing := [k for k in _REQUIRED_KEYS[meta["kind"]] if k not in meta]:
+        raise InputError(
+            f"{file} lacks {missing}, which a {meta['kind']} directory needs; {_HOW_TO_REWRITE}"
+        )
+    norm, shape = meta["normalization"], meta["input_shape"]
+    if not (isinstance(norm, dict) and {"mean", "std"} <= set(norm)):
+        raise InputError(
+            f"{file}: 'normalization' must hold 'mean' and 'std' lists, got {norm!r}; fix it "
+            f"or {_HOW_TO_REWRITE}"
+        )
+    if not (isinstance(shape, list) and len(shape) == 3):
+        raise InputError(
+            f"{file}: 'input_shape' must be [H, W, C], got {shape!r}; fix it or {_HOW_TO_REWRITE}"
+        )
+    return meta
+
+
+def _read_variables(file: Path) -> dict:
+    """Restores ``variables.msgpack``; a truncated or corrupt file names itself."""
+    try:
+        variables = serialization.msgpack_restore(file.read_bytes())
+    except Exception as err:  # msgpack and flax's array decoding raise many types: a bad file.
+        raise InputError(
+            f"{file} cannot be read as flax msgpack ({type(err).__name__}: {err}); it is "
+            f"truncated or corrupt: {_HOW_TO_REWRITE}"
+        ) from err
+    if not isinstance(variables, dict) or "params" not in variables:
+        got = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
+        raise InputError(f"{file} holds {got}, not a tree with 'params'; {_HOW_TO_REWRITE}")
+    return variables
 
 
 def _check_variables(model: nn.Module, meta: Mapping, variables: Mapping, path: Path) -> None:
-    """Raises ValueError if the stored tree does not fit the module described by ``meta``."""
+    """Raises InputError if the stored tree does not fit the module described by ``meta``."""
     h, w, c = meta["input_shape"]
     expected = jax.eval_shape(
         functools.partial(model.init, train=False),
@@ -229,10 +296,11 @@ def _check_variables(model: nn.Module, meta: Mapping, variables: Mapping, path: 
         bad = sorted(set(want) ^ set(got)) + sorted(
             k for k in set(want) & set(got) if want[k] != got[k]
         )
-        raise ValueError(
+        raise InputError(
             f"{path / VARIABLES_FILE} does not match {meta['kind']} arch {meta['arch']!r} with "
             f"num_classes={meta['num_classes']} (differing entries: {bad[:10]}"
-            f"{' ...' if len(bad) > 10 else ''}); the directory is corrupt or model.json is wrong."
+            f"{' ...' if len(bad) > 10 else ''}); the directory is corrupt or model.json is "
+            f"wrong: {_HOW_TO_REWRITE}"
         )
 
 
@@ -247,21 +315,26 @@ def load_model_dir(
 
     Args:
       path: the directory.
-      arch, num_classes: if given, checked against ``model.json`` (ValueError on mismatch).
+      arch, num_classes: if given, checked against ``model.json`` (InputError on mismatch).
       validate: check the stored variables' tree and shapes against the rebuilt module.
 
     Returns:
       A ``LoadedModel``.
+
+    Raises:
+      MissingInputError: the directory or one of its two files is absent.
+      InputError: naming the file that is unreadable (bad JSON, a missing key, a truncated
+        msgpack) or does not fit the model.
     """
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"Model directory not found: {path}. {_HOW_TO_CREATE}")
+        raise MissingInputError(f"Model directory not found: {path}. {_HOW_TO_CREATE}")
     _require_file(path / META_FILE, "Model metadata")
     _require_file(path / VARIABLES_FILE, "Model variables")
-    meta = json.loads((path / META_FILE).read_text())
+    meta = _read_meta(path / META_FILE)
     check_model_dir(meta, arch, num_classes)
     model = build_model(meta)
-    variables = serialization.msgpack_restore((path / VARIABLES_FILE).read_bytes())
+    variables = _read_variables(path / VARIABLES_FILE)
     if validate:
         _check_variables(model, meta, variables, path)
     norm = meta["normalization"]

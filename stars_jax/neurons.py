@@ -47,6 +47,7 @@ SURROGATES: dict[str, Callable] = {
     "triangle": _triangle_grad,
 }
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0, "triangle": 1.0}
+KERNELS = ("scan", "pallas")
 
 
 def surrogate_grad_fn(name: str) -> Callable:
@@ -88,6 +89,8 @@ class LIFParams:
       detach_reset: if True, no gradient flows through the spike used in the reset.
       surrogate: name of the surrogate derivative (see ``SURROGATES``).
       alpha: surrogate sharpness; ``None`` takes the surrogate's default.
+      kernel: ``"scan"`` (``lax.scan`` over :func:`lif_cell`) or ``"pallas"`` (the fused
+        kernel of :mod:`stars_jax.lif_pallas`); same values, an implementation choice only.
     """
 
     tau: float = 2.0
@@ -96,9 +99,12 @@ class LIFParams:
     detach_reset: bool = False
     surrogate: str = "atan"
     alpha: float | None = None
+    kernel: str = "scan"
 
     def __post_init__(self):
         surrogate_grad_fn(self.surrogate)  # Fail early on a typo.
+        if self.kernel not in KERNELS:
+            raise ValueError(f"Unknown LIF kernel {self.kernel!r}; valid: {KERNELS}.")
         if self.tau <= 0:
             raise ValueError(f"LIF tau must be > 0, got {self.tau}.")
 
@@ -141,10 +147,15 @@ def lif(
       x_seq: input currents, ``[T, B, ...]``.
       params: neuron hyper-parameters.
       unroll: passed to ``jax.lax.scan``; full unrolling is cheapest at the small T of SNNs.
+        The fused kernel (``params.kernel == "pallas"``) ignores it.
 
     Returns:
       ``(spikes, v)``, both ``[T, B, ...]``: the spikes and the membrane after each reset.
     """
+    if params.kernel == "pallas":
+        from stars_jax.lif_pallas import lif_pallas  # Lazy: lif_pallas imports this module.
+
+        return lif_pallas(x_seq, params)
     state = init_lif_state(x_seq.shape[1:], params, x_seq.dtype)
     _, (spikes, v) = jax.lax.scan(functools.partial(lif_cell, params), state, x_seq, unroll=unroll)
     return spikes, v

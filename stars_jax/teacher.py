@@ -15,11 +15,10 @@ import jax
 import numpy as np
 import optax
 
+from stars_jax import cli, losses
 from stars_jax import data as data_lib
-from stars_jax import losses
-from stars_jax.apply import NORMALIZATION, normalize
-from stars_jax.bank import random_crop_flip
-from stars_jax.distill import TrainState, init_train_state
+from stars_jax.apply import NORMALIZATION
+from stars_jax.distill import TrainState, advanced, apply_train, init_train_state, train_view
 from stars_jax.evaluate import evaluate
 from stars_jax.model_dir import check_model_dir, load_model_dir, save_model_dir
 from stars_jax.models.teachers import make_teacher
@@ -36,23 +35,18 @@ def normalization_for(data_cfg, train_images: np.ndarray | None):
 
 
 def _train_step(model, optimizer, mean, std, flip, state: TrainState, images, labels, key):
-    x = normalize(random_crop_flip(key, images, 2, flip=flip), mean, std)
+    """One SGD step on cross-entropy, from the KD step's pieces (``stars_jax.distill``); the
+    learning-rate schedule sits inside ``optimizer``."""
+    x = train_view(images, key, 2, flip, mean, std)
 
     def loss_fn(params):
-        (logits, _), new_vars = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return losses.cross_entropy(logits, labels), new_vars["batch_stats"]
+        (logits, _), batch_stats = apply_train(model, params, state.batch_stats, x)
+        return losses.cross_entropy(logits, labels), batch_stats
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-    ), loss
+    return advanced(state, params, batch_stats, opt_state), loss
 
 
 def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_dir) -> Path:
@@ -145,21 +139,37 @@ def resolve_teacher(config, load_train):
     return loaded
 
 
-def main(argv):
-    from absl import flags
+PROG = "python -m stars_jax.teacher"
+USAGE = f"{PROG} --config=FILE [--config.KEY=VALUE ...] [--out=DIR]"
 
-    out = flags.FLAGS.out
-    config = flags.FLAGS.config
+
+def define_flags(fv) -> None:
+    """The CLI's flags (``stars_jax.cli``)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file (ml_collections).", flag_values=fv, lock_config=True
+    )
+    flags.DEFINE_string(
+        "out", "", "Output model directory (default: the teacher cache).", flag_values=fv
+    )
+    flags.DEFINE_bool("debug", False, cli.DEBUG_HELP, flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)
+
+
+def run(args) -> Path:
+    """Trains the config's teacher on its real data; returns the model directory."""
+    config = args.config
     train = data_lib.load_split(config.data, config.data.train_split)
     test = data_lib.load_split(config.data, config.data.test_split)
-    train_teacher(config, train, test, out or cached_teacher_dir(config))
+    return train_teacher(config, train, test, args.out or cached_teacher_dir(config))
+
+
+def main(argv=None) -> Path:
+    """CLI entry point (``argv`` with or without the program name)."""
+    return run(cli.parse(define_flags, argv, PROG))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).")
-    flags.DEFINE_string("out", "", "Output model directory (default: the teacher cache).")
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run_main(define_flags, run, USAGE)

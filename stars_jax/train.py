@@ -6,14 +6,19 @@ In three parts: ``_setup`` checks the config and builds everything the rounds re
 from ``budget.decide``) and returns a ``RunRecord``; ``run_summary`` turns that into
 ``summary.json``.
 
+Before any work ``train_and_evaluate`` checks every config value (``validate``), locks the
+workdir and compares the run fingerprint of its checkpoints (``stars_jax.workdir``).
+
 Resume order: the newest complete checkpoint in ``workdir/checkpoints``, else scratch. The
 teacher is never checkpointed (it is fixed); it comes from ``config.teacher``. Checkpoints
 also hold the budget clock (wall seconds so far, planned rounds): with
 ``distill.time_budget_s`` the run plans its rounds and schedule to fit (``stars_jax.budget``).
 
-Workdir contents: ``config.json`` (resolved config, versions, devices), ``metrics.jsonl``,
-``checkpoints/``, ``images/round_XXXX.png`` (synthetic images at every evaluation),
-``student/`` (a model directory for ``stars_jax.evaluate``) and ``summary.json``.
+Workdir contents: ``config.json`` (resolved config, versions, devices; written once the
+config is valid and the checkpoint restored), ``config_history.jsonl``, ``fingerprint.json``,
+``metrics.jsonl``, ``checkpoints/``, ``images/round_XXXX.png`` (synthetic images at every
+evaluation), ``student/`` (a model directory for ``stars_jax.evaluate``) and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import jax
 import numpy as np
 
 import stars_jax
-from stars_jax import budget, checkpoint, diagnostics, parallel
+from stars_jax import budget, checkpoint, diagnostics, energy, errors, parallel, validate
 from stars_jax import data as data_lib
 from stars_jax import metrics as metrics_lib
+from stars_jax import workdir as workdir_lib
 from stars_jax.apply import check_dataset, logits_fn
 from stars_jax.bank import Bank, init_bank
 from stars_jax.distill import (
@@ -59,6 +65,7 @@ CONSOLE_KEYS = (
     "kd/loss",
     "kd/agreement",
     "eval/student_top1",
+    "time/images_per_s",
 )
 # The kept batches' health (stars_jax.diagnostics), averaged over the run into the summary.
 HEALTH_KEYS = ("synth/teacher_acc", "synth/class_entropy", "synth/diversity")
@@ -75,15 +82,36 @@ def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Pa
         )
 
 
-def _write_run_info(workdir: Path, config) -> None:
-    info = {
-        "config": config.to_dict(),
+def _git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" for local changes), None outside a git checkout."""
+    import subprocess
+
+    root = Path(stars_jax.__file__).resolve().parents[1]
+    try:
+        run = lambda *a: subprocess.run(
+            ["git", *a], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _run_info() -> dict:
+    import flax
+    import optax
+    import orbax.checkpoint
+
+    return {
         "stars_jax": stars_jax.__version__,
+        "git_commit": _git_commit(),
         "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "orbax": orbax.checkpoint.__version__,
         "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(),
     }
-    metrics_lib.write_json(workdir / "config.json", info)
 
 
 def _place_bank(bank: Bank, mesh) -> Bank:
@@ -94,24 +122,63 @@ def _place_bank(bank: Bank, mesh) -> Bank:
     )
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Runs data-free (or real-data) ANN-to-SNN distillation; returns the summary dict."""
+def train_and_evaluate(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> dict:
+    """Runs data-free (or real-data) ANN-to-SNN distillation; returns the summary dict.
+
+    Before any work: every config value is checked (``validate``), the workdir is locked for
+    this job and, when it holds checkpoints, their run's config must match this one but for
+    ``workdir.SAFE_KEYS`` and the keys in ``allow_config_change``."""
     t_start = time.time()
-    job, progress = _setup(config, metrics_lib.Path(workdir))
-    elapsed = lambda: parallel.agree(progress.elapsed_before + time.time() - t_start)
-    record = _run_rounds(job, progress, elapsed)
-    summary = run_summary(config, record)
+    validate.check_config(config)
+    workdir = metrics_lib.Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        _make_workdir(workdir)
+    with workdir_lib.lock(workdir, enabled=is_main):
+        workdir_lib.check_fingerprint(workdir, config, tuple(allow_config_change))
+        return _train(config, workdir, t_start)
+
+
+def _make_workdir(workdir) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise errors.WorkdirError(
+            f"Cannot write to --workdir {workdir}: {err.strerror or err}. Pick a directory "
+            "you can write to."
+        ) from None
+
+
+def _train(config, workdir, t_start: float) -> dict:
+    job, progress = _setup(config, workdir)
     if job.is_main:
-        sc = config.student
+        resumed_after = progress.start if progress.start else None
+        workdir_lib.record_start(workdir, config, _run_info(), resumed_after)
+    elapsed = lambda: parallel.agree(progress.elapsed_before + time.time() - t_start)
+    writer = metrics_lib.Writer(
+        workdir, progress.stop_at, enabled=job.is_main, tensorboard=config.log.tensorboard
+    )
+    writer.drop_after(progress.start - 1)
+    record = _run_rounds(job, progress, writer, elapsed)
+    summary = run_summary(config, record)
+    writer.hparams(validate.flatten(config), {"student_top1": record.student["top1"]})
+    writer.close()
+    if job.is_main and config.energy.enabled:
+        summary["energy"] = _energy(job, parallel.fetch(progress.carry[0].variables))
+    if job.is_main:
+        student_cfg = config.student
         _save_student(
             job.workdir / "student",
             kind="student",
-            arch=sc.arch,
+            arch=student_cfg.arch,
             num_classes=config.data.num_classes,
             variables=parallel.fetch(progress.carry[0].variables),
             normalization=job.norm,
             input_shape=job.image_shape,
-            extra={"time_steps": sc.time_steps, "lif": dataclasses.asdict(job.lif)},
+            extra={"time_steps": student_cfg.time_steps, "lif": dataclasses.asdict(job.lif)},
         )
         metrics_lib.write_json(job.workdir / "summary.json", summary)
         print(
@@ -138,6 +205,7 @@ class Job:
     norm: tuple  # (mean, std) of the teacher's inputs
     image_shape: tuple
     lif: Any
+    teacher: Any  # the teacher's Flax module
     student: Any
     steps: RoundSteps  # the jitted round steps ...
     base_steps: RoundSteps  # ... and the baseline's, used before synth.stars_start_round
@@ -161,50 +229,58 @@ class Progress:
     stop_at: int  # rounds in all
     planned: int  # 0 until a time budget has decided
     elapsed_before: float  # wall seconds spent by earlier processes of this run
+    reported: int = 0  # the budget's stop the user was last told of
 
 
 def _check_config(config, mesh) -> None:
-    dc = config.distill
-    if dc.mode not in ("data_free", "real_data"):
-        raise ValueError(f"distill.mode must be 'data_free' or 'real_data', got {dc.mode!r}.")
-    if dc.time_budget_s < 0:
-        raise ValueError(
-            f"distill.time_budget_s must be >= 0 (0 = no budget), got {dc.time_budget_s}."
-        )
+    distill_cfg = config.distill
     for name, size in (
         ("synth.batch_size", config.synth.batch_size),
-        ("distill.batch_size", dc.batch_size),
-        ("distill.bank_size", dc.bank_size),
+        ("distill.batch_size", distill_cfg.batch_size),
+        ("distill.bank_size", distill_cfg.bank_size),
         ("data.eval_batch_size", config.data.eval_batch_size),
     ):
         parallel.check_batch(name, size, mesh)
 
 
 def _kd_context(config, teacher_model, student, norm, batch_sharding) -> KDContext:
-    dc = config.distill
+    distill_cfg = config.distill
     return KDContext(
         teacher=teacher_model,
         student=student,
-        optimizer=make_optimizer(dc),
+        optimizer=make_optimizer(distill_cfg),
         mean=norm[0],
         std=norm[1],
-        t_kd=dc.t_kd,
-        per_time_step=dc.per_time_step,
-        b_rca=dc.b_rca,
-        rca_rep=dc.rca_rep,
-        crop_pad=dc.crop_pad,
-        flip=dc.flip,
+        t_kd=distill_cfg.t_kd,
+        per_time_step=distill_cfg.per_time_step,
+        b_rca=distill_cfg.b_rca,
+        rca_rep=distill_cfg.rca_rep,
+        crop_pad=distill_cfg.crop_pad,
+        flip=distill_cfg.flip,
         dtype=compute_dtype(config.student.dtype),
         batch_sharding=batch_sharding,
-        lr=dc.lr,
-        warmup_steps=dc.lr_warmup_rounds * dc.kd_steps,
-        lr_min=dc.lr_min,
+        lr=distill_cfg.lr,
+        warmup_steps=distill_cfg.lr_warmup_rounds * distill_cfg.kd_steps,
+        lr_min=distill_cfg.lr_min,
         num_classes=config.data.num_classes,
     )
 
 
+def _fixed_images(config, teacher_meta) -> data_lib.Dataset:
+    """The images KD reads when nothing is synthesised: the real training set (real_data), or
+    an exported transfer set (transfer_set: ``stars_jax.export_bank``)."""
+    if config.distill.mode == "real_data":
+        return data_lib.load_split(config.data, config.data.train_split)
+    images = data_lib.load_dataset("image_folder", config.distill.transfer_set, "train")
+    try:
+        check_dataset(images.images.shape, None, teacher_meta)
+    except ValueError as err:
+        raise errors.InputError(f"distill.transfer_set: {err}") from None
+    return images
+
+
 def _real_bank(train: data_lib.Dataset, mesh) -> Bank:
-    """The real training set as the bank (real_data mode), cut to a multiple of the devices."""
+    """Fixed images as the bank (real_data, transfer_set), cut to a multiple of the devices."""
     keep = len(train.images) - len(train.images) % mesh.devices.size
     n = np.asarray(keep, np.int32)
     labels = train.labels[:keep]
@@ -214,9 +290,9 @@ def _real_bank(train: data_lib.Dataset, mesh) -> Bank:
 def _round_steps(config, ctx: KDContext, synthesizer, synthesizer_for, warmup_rounds: int):
     """The jitted round steps, and the baseline's for the rounds before
     ``synth.stars_start_round`` (the same steps when STARS starts right after the warm-up)."""
-    dc = config.distill
-    steps = make_round_steps(synthesizer, ctx, dc.batch_size, config.synth)
-    stars_on = config.synth.l_rca or config.synth.l_tar or dc.b_rca
+    distill_cfg = config.distill
+    steps = make_round_steps(synthesizer, ctx, distill_cfg.batch_size, config.synth)
+    stars_on = config.synth.l_rca or config.synth.l_tar or distill_cfg.b_rca
     if not (stars_on and config.synth.stars_start_round > warmup_rounds):
         return steps, steps
     base_synth = None
@@ -224,7 +300,9 @@ def _round_steps(config, ctx: KDContext, synthesizer, synthesizer_for, warmup_ro
         cfg = config.synth.copy_and_resolve_references()
         cfg.l_rca = cfg.l_tar = 0.0
         base_synth = synthesizer_for(cfg)
-    return steps, make_round_steps(base_synth, dataclasses.replace(ctx, b_rca=0.0), dc.batch_size)
+    return steps, make_round_steps(
+        base_synth, dataclasses.replace(ctx, b_rca=0.0), distill_cfg.batch_size
+    )
 
 
 def _teacher(config, test, mesh):
@@ -250,10 +328,7 @@ def _setup(config, workdir: Path) -> tuple[Job, Progress]:
     """Checks the config, loads the data and the teacher, builds the student, the synthesizer
     and the jitted steps, and restores the newest checkpoint if there is one."""
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_run_info(workdir, config)
-    dc, sc = config.distill, config.student
+    distill_cfg, student_cfg = config.distill, config.student
     mesh = parallel.make_mesh(config.mesh.data)
     _check_config(config, mesh)
     rep, batch_sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
@@ -263,8 +338,9 @@ def _setup(config, workdir: Path) -> tuple[Job, Progress]:
     )
     image_shape = tuple(teacher.meta["input_shape"])
     lif = lif_params(config.neuron)
+    dtype = compute_dtype(student_cfg.dtype)
     student = make_student(
-        sc.arch, config.data.num_classes, sc.time_steps, lif, compute_dtype(sc.dtype)
+        student_cfg.arch, config.data.num_classes, student_cfg.time_steps, lif, dtype
     )
     ctx = _kd_context(config, teacher_model, student, norm, batch_sh)
     root = jax.random.key(config.seed)
@@ -275,14 +351,14 @@ def _setup(config, workdir: Path) -> tuple[Job, Progress]:
         cfg, teacher_model, student, image_shape, config.data.num_classes, *norm, batch_sh
     )
     synthesizer, synth_state, real_health, warmup_rounds = None, {}, {}, 0
-    if dc.mode == "data_free":
+    if distill_cfg.mode == "data_free":
         synthesizer = synthesizer_for(config.synth)
         synth_state = parallel.put(synthesizer.init(k_synth, teacher_vars), rep)
-        bank = init_bank(dc.bank_size, image_shape)
+        bank = init_bank(distill_cfg.bank_size, image_shape)
         warmup_rounds = config.synth.warmup_rounds
         real_health = _real_health(config, teacher_model, teacher_vars, test, norm)
-    else:  # KD on the real training set: the bank holds it, and nothing is synthesised.
-        bank = _real_bank(data_lib.load_split(config.data, config.data.train_split), mesh)
+    else:  # KD on real images or a transfer set: the bank holds them; nothing is synthesised.
+        bank = _real_bank(_fixed_images(config, teacher.meta), mesh)
     steps, base_steps = _round_steps(config, ctx, synthesizer, synthesizer_for, warmup_rounds)
     job = Job(
         config=config,
@@ -296,6 +372,7 @@ def _setup(config, workdir: Path) -> tuple[Job, Progress]:
         norm=norm,
         image_shape=image_shape,
         lif=lif,
+        teacher=teacher_model,
         student=student,
         steps=steps,
         base_steps=base_steps,
@@ -330,87 +407,70 @@ def _real_health(config, teacher_model, teacher_vars, test, norm) -> dict:
 def _restore(job: Job, carry) -> Progress:
     """The newest complete checkpoint's carry and budget clock (wall seconds spent so far and
     the rounds planned; 0: not decided yet, i.e. distill.rounds), else a fresh start."""
-    dc, rep = job.config.distill, parallel.replicated(job.mesh)
+    distill_cfg, rep = job.config.distill, parallel.replicated(job.mesh)
     clock = parallel.put({"elapsed_s": np.float32(0), "rounds": np.int32(0)}, rep)
     start, last_ckpt = 0, None
-    restored = checkpoint.restore_latest(job.manager, {"carry": carry, "clock": clock})
+    try:
+        restored = checkpoint.restore_latest(job.manager, {"carry": carry, "clock": clock})
+    except Exception as err:  # orbax raises many types for a tree or shape that differs
+        raise errors.InputError(
+            f"Cannot restore the checkpoints in {job.manager.directory}: their structure or "
+            f"shapes differ from what this config builds ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Start a new run in another "
+            "--workdir, or rerun with the config that made them."
+        ) from err
     if restored is not None:
         last_ckpt, tree = restored
         carry, clock, start = tree["carry"], tree["clock"], last_ckpt + 1
-        print(f"Resuming from the checkpoint after round {start} of {dc.rounds}.", flush=True)
+        print(
+            f"Resuming from the checkpoint after round {start} of {distill_cfg.rounds}.", flush=True
+        )
     planned = int(parallel.fetch(clock["rounds"]))
-    stop_at = planned or dc.rounds
+    stop_at = planned or distill_cfg.rounds
     carry = _set_horizon(carry, job.kd_horizon(stop_at), rep)  # also on resume
     elapsed_before = float(parallel.fetch(clock["elapsed_s"]))
-    return Progress(carry, start, last_ckpt, stop_at, planned, elapsed_before)
+    return Progress(carry, start, last_ckpt, stop_at, planned, elapsed_before, planned)
 
 
-def _run_rounds(job: Job, p: Progress, elapsed) -> RunRecord:
+def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> RunRecord:
     """The rounds from ``p.start`` to the plan's end: each round, then its budget decision,
     evaluation, image grid, log line and checkpoint. ``p`` is updated in place."""
-    config, dc, sc = job.config, job.config.distill, job.config.student
-    budget_s = float(dc.time_budget_s)
-    print(
-        f"Distilling into spiking {sc.arch} (T={sc.time_steps}, {dc.mode}) on "
-        f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
-        f"{p.stop_at} rounds x {dc.kd_steps} KD steps"
-        + (f", within {budget_s:.0f} s of wall time." if budget_s else "."),
-        flush=True,
-    )
-    rep = parallel.replicated(job.mesh)
-    accuracy = make_evaluator(logits_fn(job.student, "student", *job.norm), job.mesh)
-    rates_fn = jax.jit(
-        logits_fn(job.student, "student", *job.norm, with_rates=True), out_shardings=rep
-    )
-    evaluate_student = lambda: _evaluate_student(
-        accuracy, rates_fn, p.carry[0].variables, job.test, config.data.eval_batch_size, job.mesh
-    )
-    writer = metrics_lib.Writer(job.workdir, p.stop_at, enabled=job.is_main)
-    writer.drop_after(p.start - 1)
-    result, iter_secs, health = {}, [], []
-    # A guess until a student evaluation is timed; agreed, as every input of a budget decision.
-    eval_s = parallel.agree(job.teacher_eval_s * sc.time_steps)
+    distill_cfg = job.config.distill
+    _announce(job, p)
+    evaluate_student = _student_evaluator(job, p)
+    # The student's evaluation time is guessed from the teacher's until one is timed.
+    tracker = budget.Tracker(job.teacher_eval_s * job.config.student.time_steps, parallel.agree)
+    result, health = {}, []
     r = p.start
-    while r < p.stop_at:
-        t_iter = time.time()
-        warm = r < job.warmup_rounds
-        p.carry, out = run_round(
-            job.steps if r >= config.synth.stars_start_round else job.base_steps,
-            p.carry,
-            job.teacher_vars,
-            jax.random.fold_in(job.k_loop, r),
-            r,
-            config.synth.steps,
-            0 if warm else dc.kd_steps,
-            warmup=warm,
-        )
-        m = parallel.fetch(out.metrics)
-        check_finite(m, r, p.last_ckpt, job.manager.directory)
-        if not warm and out.images is not None:
-            health.append({k: float(m[k]) for k in (*HEALTH_KEYS, "synth/bank_entropy")})
-        evaluate = (r + 1) % dc.eval_every == 0 and not warm
-        # Warm-up rounds (synthesis only) are neither timed nor planned for: the budget plans
-        # from the student rounds after them.
-        if budget_s and r + 1 < p.stop_at and not warm:
-            per_round = budget.round_seconds(iter_secs + [time.time() - t_iter])
-            _apply_budget(job, p, writer, r, per_round, eval_s, evaluate, elapsed())
-        last = r == p.stop_at - 1
-        if evaluate or last:
-            t_eval = time.time()
-            result = evaluate_student()
-            eval_s = parallel.agree(time.time() - t_eval)  # Budget decisions use it.
-            m.update({"eval/student_top1": result["top1"], "eval/rate_mean": result["rate_mean"]})
-        if out.images is not None and (evaluate or last or r + 1 == job.warmup_rounds):
-            _save_grid(job, out, r)
-        if (r + 1) % config.log.every == 0 or last:
-            writer.write(r, m, CONSOLE_KEYS)
-        if (r + 1) % config.ckpt.every == 0 or last:
-            clock = {"elapsed_s": np.float32(elapsed()), "rounds": np.int32(p.planned)}
-            checkpoint.save(job.manager, r, {"carry": p.carry, "clock": parallel.put(clock, rep)})
-            p.last_ckpt = r
-        if not warm:
-            iter_secs.append(time.time() - t_iter)
-        r += 1
+    try:
+        while r < p.stop_at:
+            warm = r < job.warmup_rounds
+            m, out = _round(job, p, r, tracker)
+            if not warm and out.images is not None:
+                health.append({k: float(m[k]) for k in (*HEALTH_KEYS, "synth/bank_entropy")})
+            # Warm-up rounds (synthesis only) are not planned for: the budget plans from the
+            # student rounds after them.
+            evaluate = (r + 1) % distill_cfg.eval_every == 0 and not warm
+            if distill_cfg.time_budget_s and r + 1 < p.stop_at and not warm:
+                saves = (r + 1) % job.config.ckpt.every == 0
+                timings = tracker.timings()
+                pending_s = timings.eval_s * evaluate + timings.save_s * saves
+                _apply_budget(job, p, writer, r, timings, elapsed() + pending_s)
+            last = r == p.stop_at - 1
+            if evaluate or last:
+                result = _timed(tracker.evaluated, evaluate_student)
+                writer.histogram(r, "eval/firing_rates", list(result["firing_rates"].values()))
+                m.update({"eval/student_top1": result["top1"], "time/eval_s": tracker.eval_s})
+                m["eval/rate_mean"] = result["rate_mean"]
+            if out.images is not None and (evaluate or last or r + 1 == job.warmup_rounds):
+                _save_grid(job, out, r, writer)
+            if (r + 1) % job.config.log.every == 0 or last:
+                writer.write(r, m, CONSOLE_KEYS)
+            if (r + 1) % job.config.ckpt.every == 0 or last:
+                _timed(tracker.saved, _save_checkpoint, job, p, r, elapsed())
+            r += 1
+    except KeyboardInterrupt:
+        raise errors.Interrupted(_interrupted_message(job, p, r)) from None
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = evaluate_student()
     return RunRecord(
@@ -418,43 +478,120 @@ def _run_rounds(job: Job, p: Progress, elapsed) -> RunRecord:
         student=result,
         rounds=r,
         warmup_rounds=job.warmup_rounds,
-        time_budget_s=budget_s,
+        time_budget_s=float(distill_cfg.time_budget_s),
         wall_seconds=round(elapsed(), 1),
+        time_breakdown={k: round(v, 2) for k, v in tracker.spent.items()},
         synthesis=_health_summary(health, job.real_health, job.warmup_rounds)
-        if dc.mode == "data_free"
+        if distill_cfg.mode == "data_free"
         else None,
     )
 
 
-def _apply_budget(job: Job, p: Progress, writer, r: int, per_round, eval_s, evaluate, elapsed_s):
+def _announce(job: Job, p: Progress) -> None:
+    distill_cfg, student_cfg = job.config.distill, job.config.student
+    budget_s = float(distill_cfg.time_budget_s)
+    print(
+        f"Distilling into spiking {student_cfg.arch} (T={student_cfg.time_steps}, "
+        f"{distill_cfg.mode}) on "
+        f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
+        f"{p.stop_at} rounds x {distill_cfg.kd_steps} KD steps"
+        + (f", within {budget_s:.0f} s of wall time." if budget_s else "."),
+        flush=True,
+    )
+
+
+def _student_evaluator(job: Job, p: Progress):
+    """A function of no arguments: the current student's test accuracy and firing rates."""
+    accuracy = make_evaluator(logits_fn(job.student, "student", *job.norm), job.mesh)
+    rates_fn = jax.jit(
+        logits_fn(job.student, "student", *job.norm, with_rates=True),
+        out_shardings=parallel.replicated(job.mesh),
+    )
+    batch_size = job.config.data.eval_batch_size
+    return lambda: _evaluate_student(
+        accuracy, rates_fn, p.carry[0].variables, job.test, batch_size, job.mesh
+    )
+
+
+def _round(job: Job, p: Progress, r: int, tracker: budget.Tracker):
+    """Runs round ``r`` (``p.carry`` advances); returns its fetched metrics and outputs."""
+    config, warm = job.config, r < job.warmup_rounds
+    steps = job.steps if r >= config.synth.stars_start_round else job.base_steps
+    t0 = time.time()
+    p.carry, out = run_round(
+        steps,
+        p.carry,
+        job.teacher_vars,
+        jax.random.fold_in(job.k_loop, r),
+        r,
+        config.synth.steps,
+        0 if warm else config.distill.kd_steps,
+        warmup=warm,
+        timed=True,
+    )
+    m = parallel.fetch(out.metrics)
+    seconds = time.time() - t0
+    tracker.round_done(seconds, (id(steps), warm), out.synth_seconds, plan=not warm)
+    check_finite(m, r, p.last_ckpt, job.manager.directory)
+    images = config.synth.batch_size * (out.images is not None)
+    images += config.distill.batch_size * (0 if warm else config.distill.kd_steps)
+    m.update({"time/synth_s": out.synth_seconds, "time/round_s": seconds})
+    m["time/images_per_s"] = images / max(seconds, 1e-9)
+    return m, out
+
+
+def _timed(report, fn, *args):
+    """``fn(*args)``, its wall seconds passed to ``report``."""
+    t0 = time.time()
+    result = fn(*args)
+    report(time.time() - t0)
+    return result
+
+
+def _save_checkpoint(job: Job, p: Progress, r: int, elapsed_s: float) -> None:
+    clock = {"elapsed_s": np.float32(elapsed_s), "rounds": np.int32(p.planned)}
+    clock = parallel.put(clock, parallel.replicated(job.mesh))
+    checkpoint.save(job.manager, r, {"carry": p.carry, "clock": clock})
+    p.last_ckpt = r
+
+
+def _interrupted_message(job: Job, p: Progress, r: int) -> str:
+    kept = f"after round {p.last_ckpt + 1}" if p.last_ckpt is not None else "none yet"
+    return (
+        f"Interrupted in round {r + 1} of {p.stop_at}; the last checkpoint is {kept} "
+        f"(in {job.manager.directory}). Rerun the same command to resume."
+    )
+
+
+def _apply_budget(job: Job, p: Progress, writer, r: int, timings: budget.Timings, elapsed_s):
     """Applies ``budget.decide`` after round ``r``: a new stop, the schedule refitted to it."""
-    dc = job.config.distill
+    distill_cfg = job.config.distill
     plan = budget.decide(
-        budget.Plan(p.stop_at, p.planned),
-        budget_s=float(dc.time_budget_s),
+        budget.Plan(p.stop_at, p.planned, reported=p.reported),
+        budget_s=float(distill_cfg.time_budget_s),
         elapsed_s=elapsed_s,
         rounds_done=r + 1,
-        student_rounds_timed=r + 1 - max(p.start, job.warmup_rounds),
-        round_s=parallel.agree(per_round),
-        reserve_s=eval_s,
-        max_rounds=dc.rounds,
-        evaluating=evaluate,
+        timings=timings,
+        eval_every=distill_cfg.eval_every,
+        save_every=job.config.ckpt.every,
+        max_rounds=distill_cfg.rounds,
         warmup_rounds=job.warmup_rounds,
-        lr_warmup_rounds=dc.lr_warmup_rounds,
+        lr_warmup_rounds=distill_cfg.lr_warmup_rounds,
     )
     if plan.refit:
         p.carry = _set_horizon(p.carry, job.kd_horizon(plan.stop_at), parallel.replicated(job.mesh))
         writer.total = plan.stop_at
     for note in plan.notes:
         print(note, flush=True)
-    p.stop_at, p.planned = plan.stop_at, plan.planned
+    p.stop_at, p.planned, p.reported = plan.stop_at, plan.planned, plan.reported
 
 
-def _save_grid(job: Job, out, r: int) -> None:
+def _save_grid(job: Job, out, r: int, writer: metrics_lib.Writer) -> None:
     n = job.config.log.grid_images
-    grid = parallel.fetch((out.images[:n], out.labels[:n], out.preds[:n]))
+    tiles = parallel.fetch((out.images[:n], out.labels[:n], out.preds[:n]))
     if job.is_main:
-        metrics_lib.save_image_grid(job.workdir / "images" / f"round_{r + 1:04d}.png", *grid)
+        path = job.workdir / "images" / f"round_{r + 1:04d}.png"
+        writer.image(r, "synthetic", metrics_lib.save_image_grid(path, *tiles))
 
 
 def _health_summary(health: list[dict], real: dict, warmup_rounds: int) -> dict:
@@ -486,6 +623,20 @@ def _evaluate_student(accuracy, rates_fn, variables, test, batch_size, mesh) -> 
     }
 
 
+def _energy(job: Job, student_vars) -> dict:
+    """The student's synaptic operations on the test set and the teacher's MACs (one batch
+    suffices: they do not depend on the images), as ``energy.energy_report``."""
+    batch = job.config.data.eval_batch_size
+    ops = energy.model_ops(job.student, "student", student_vars, job.test.images, *job.norm, batch)
+    teacher_vars = parallel.fetch(job.teacher_vars)
+    first = job.test.images[:batch]
+    teacher_ops = energy.model_ops(job.teacher, "teacher", teacher_vars, first, *job.norm, batch)
+    cfg = job.config.energy
+    report = energy.energy_report(ops, teacher_ops, cfg.pj_per_ac, cfg.pj_per_mac)
+    print(energy.format_report(report), flush=True)
+    return report
+
+
 def _save_student(path, **kwargs) -> None:
     """A student model directory in the workdir; via a local copy for bucket workdirs."""
     if not str(path).startswith(("gs://", "s3://")):
@@ -507,6 +658,7 @@ class RunRecord(NamedTuple):
     time_budget_s: float
     wall_seconds: float
     synthesis: dict | None  # the synthetic data's health (data-free runs)
+    time_breakdown: dict | None = None  # seconds in synthesis, KD, evaluation, checkpoints
 
 
 def run_summary(config, record: RunRecord) -> dict:
@@ -532,6 +684,7 @@ def run_summary(config, record: RunRecord) -> dict:
         "kd_steps": max(record.rounds - record.warmup_rounds, 0) * config.distill.kd_steps,
         "time_budget_s": record.time_budget_s,
         "wall_seconds": record.wall_seconds,
+        "time_breakdown": record.time_breakdown,
         "devices": jax.device_count(),
     }
     if record.synthesis is not None:

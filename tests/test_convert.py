@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,6 +18,7 @@ import torch
 from flax import serialization
 
 from stars_jax import convert
+from stars_jax.errors import InputError
 from stars_jax.model_dir import load_model_dir
 from stars_jax.models.teachers import make_teacher
 from tests.torch_reference import make_torch_teacher, randomize_
@@ -195,3 +202,82 @@ def test_not_a_torch_checkpoint(tmp_path):
         convert.load_torch_checkpoint(tmp_path / "list.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         convert.load_torch_checkpoint(tmp_path / "missing.pth")
+
+
+@pytest.fixture(scope="module")
+def wrn_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "wrn16_2.pth"
+    torch.save(randomize_(make_torch_teacher("wrn16_2"), seed=4).state_dict(), path)
+    return path
+
+
+def test_unreadable_files_are_not_sent_to_unsafe_pickle(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"PK" + np.random.default_rng(0).bytes(300))  # Not even a zip.
+    with pytest.raises(InputError, match="is not a PyTorch checkpoint") as err:
+        convert.load_torch_checkpoint(junk)
+    assert "unsafe_pickle" not in str(err.value)
+    with zipfile.ZipFile(tmp_path / "corrupt.pth", "w") as z:  # torch.save's layout, bad pickle.
+        z.writestr("archive/data.pkl", b"\x80\x02garbage")
+    with pytest.raises(InputError, match="truncated or corrupt") as err:
+        convert.load_torch_checkpoint(tmp_path / "corrupt.pth")
+    assert "unsafe_pickle" not in str(err.value)
+
+
+def test_pickled_objects_suggest_unsafe_pickle_and_its_risk(tmp_path):
+    sd = {"w": torch.zeros(2)}
+    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pth")
+    with pytest.raises(InputError, match=r"(?s)Namespace.*--unsafe_pickle.*arbitrary code"):
+        convert.load_torch_checkpoint(tmp_path / "args.pth")
+    got = convert.load_torch_checkpoint(tmp_path / "args.pth", weights_only=False)
+    assert set(got) == {"w"}
+
+
+def test_non_empty_out_needs_overwrite(tmp_path, wrn_checkpoint):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = _cli_args("wrn16_2", 10, wrn_checkpoint, out)
+    with pytest.raises(InputError, match=r"not empty; pass --overwrite") as err:
+        convert.main(args)
+    assert "\n" not in str(err.value) and not (out / "model.json").exists()
+    assert convert.main([*args, "--overwrite"]) == out
+    assert load_model_dir(out, arch="wrn16_2").meta["kind"] == "teacher"
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path, wrn_checkpoint):
+    (tmp_path / "file").write_text("x")
+    for out, match in [("file", "is a file"), ("file/sub", "file is a file")]:
+        with pytest.raises(InputError, match=match) as err:
+            convert.main(_cli_args("wrn16_2", 10, wrn_checkpoint, tmp_path / out))
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
+def test_unwritable_out_is_refused_before_converting(tmp_path, wrn_checkpoint):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(InputError, match="ro is not writable"):
+        convert.main(_cli_args("wrn16_2", 10, wrn_checkpoint, tmp_path / "ro" / "m"))
+
+
+def test_failed_write_is_a_one_line_error(tmp_path, wrn_checkpoint, monkeypatch):
+    def refuse(path, **kwargs):  # What a read-only file system says on the first write.
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(convert, "save_model_dir", refuse)
+    with pytest.raises(InputError, match=r"cannot write to --out .*m \(Permission denied\)\.$"):
+        convert.main(_cli_args("wrn16_2", 10, wrn_checkpoint, tmp_path / "m"))
+
+
+def test_cli_user_error_exits_2_without_traceback(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"PK\x03\x04junk")
+    out = subprocess.run(
+        [sys.executable, "-m", "stars_jax.convert"]
+        + _cli_args("wrn16_2", 10, tmp_path / "junk.pth", tmp_path / "m"),
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "error: " in out.stderr and "is not a PyTorch checkpoint" in out.stderr

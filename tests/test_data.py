@@ -13,6 +13,7 @@ from PIL import Image
 
 from stars_jax import data
 from stars_jax.apply import NORMALIZATION
+from stars_jax.errors import InputError
 
 CIFAR10_NAMES = [
     "airplane",
@@ -340,6 +341,34 @@ def test_image_folder_cache_is_reused(image_folder, tmp_path, monkeypatch):
     second = data.load_image_folder(str(root), "train", cache_dir=str(tmp_path / "cache"))
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name,fmt", [("1.jpg", "JPEG"), ("1.png", "PNG")])
+def test_image_folder_truncated_image_names_the_file(image_folder, name, fmt):
+    root, _ = image_folder
+    bad = root / "train" / "cat" / name
+    _save(bad, _rng(60).integers(0, 256, (8, 8, 3), dtype=np.uint8), fmt)
+    bad.write_bytes(bad.read_bytes()[:-40])  # A partial copy or interrupted download.
+    with pytest.raises(InputError, match=rf"cannot decode image .*cat/{name}.*re-export"):
+        data.load_image_folder(str(root), "train")
+
+
+def test_corrupt_archives_and_cache_name_the_file(cifar10, image_folder, tmp_path):
+    blob = cifar10.tar.read_bytes()
+    cifar10.tar.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(InputError, match=r"cannot read .*cifar-10-python.tar.gz .*download"):
+        data.load_cifar_python(str(cifar10.tar), "train")
+    root, _ = _idx_dir(tmp_path / "mnist")
+    labels = root / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-6])
+    with pytest.raises(InputError, match=r"cannot read .*t10k-labels-idx1-ubyte.gz"):
+        data.load_idx(str(root), "test")
+    cache = tmp_path / "cache"
+    data.load_image_folder(str(image_folder[0]), "train", cache_dir=str(cache))
+    (npz,) = cache.glob("*.npz")
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(InputError, match=rf"cache {npz}.*delete it"):
+        data.load_image_folder(str(image_folder[0]), "train", cache_dir=str(cache))
 
 
 # ----------------------------------------------------------------------------- Tiny-ImageNet

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,7 @@ import pytest
 from PIL import Image
 
 from stars_jax import convert, evaluate
+from stars_jax.errors import InputError
 from stars_jax.model_dir import check_model_dir, load_model_dir, save_model_dir
 from stars_jax.models.teachers import make_teacher
 
@@ -122,6 +126,41 @@ def test_model_dir_errors(tmp_path):
         load_model_dir(path)
 
 
+def test_model_dir_unreadable_files_name_themselves(tmp_path):
+    path = _tiny_teacher_dir(tmp_path / "m")
+    meta_file, variables_file = path / "model.json", path / "variables.msgpack"
+    meta = json.loads(meta_file.read_text())
+    blob = variables_file.read_bytes()
+    variables_file.write_bytes(blob[: len(blob) // 2])  # An interrupted copy.
+    with pytest.raises(InputError, match=rf"{variables_file} cannot be read .*convert"):
+        load_model_dir(path)
+    meta_file.write_text(json.dumps(meta)[:-10])
+    with pytest.raises(InputError, match=rf"{meta_file} is not valid JSON"):
+        load_model_dir(path)
+    student = {**meta, "kind": "student", "time_steps": 2}  # No 'lif'.
+    meta_file.write_text(json.dumps(student))
+    with pytest.raises(InputError, match=rf"{meta_file} lacks \['lif'\].*write the directory"):
+        load_model_dir(path)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_cli_user_error_is_one_paragraph(tmp_path, debug):
+    args = ["--model", str(tmp_path / "nowhere"), "--data_dir", str(tmp_path)]
+    out = subprocess.run(
+        [sys.executable, "-m", "stars_jax.evaluate", *args, *(["--debug"] if debug else [])],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if debug:  # --debug shows where it came from.
+        assert out.returncode == 1 and "Traceback" in out.stderr
+    else:
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "error: Model directory not found" in out.stderr or debug
+    assert "Model directory not found" in out.stderr
+
+
 def test_save_model_dir_rejects_bad_normalization(tmp_path):
     with pytest.raises(ValueError, match=r"one value per input channel \(C = 3\)"):
         save_model_dir(
@@ -208,3 +247,52 @@ def test_real_teacher_accuracy(shared_dir, cifar10_test, tmp_path, checkpoint, a
     print(f"{arch}: {result} total {time.perf_counter() - t0:.1f} s")
     assert result["n"] == 10_000
     assert abs(result["top1"] - reported_top1) <= 0.2, result
+
+
+# ------------------------------------------------------------------ every tool's command line
+
+TOOL_FLAGS = {
+    "evaluate": ("--model", "--data_dir", "--batch_size", "--[no]energy", "--[no]debug"),
+    "convert": ("--arch", "--checkpoint", "--out", "--[no]overwrite", "--[no]debug"),
+    "teacher": ("--config", "--out", "--[no]debug"),
+    "export_bank": ("--workdir", "--out", "--[no]overwrite", "--[no]debug"),
+    "export": ("--model", "--format", "--out", "--dt", "--input", "--[no]debug"),
+}
+BAD_COMMAND_LINES = {  # One line and exit status 2, like the main job's.
+    "evaluate": (["--model", "m", "--data_dir", "d", "--batch_size", "0"], "--batch_size=0"),
+    "export": (["--model", "m", "--out", "o", "--dt", "0"], "--dt must be > 0"),
+    "convert": (["--nonsense"], "Unknown command line flag 'nonsense'"),
+}
+
+
+def test_every_tool_has_absl_help_and_one_line_flag_errors():
+    """``--helpfull`` lists each tool's flags and exits 0; a bad flag is one line, exit 2.
+    The processes run side by side: each mostly imports JAX."""
+    root = Path(__file__).resolve().parents[1]
+    start = lambda tool, args: subprocess.Popen(
+        [sys.executable, "-m", f"stars_jax.{tool}", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    helps = {tool: start(tool, ["--helpfull"]) for tool in TOOL_FLAGS}
+    bads = {tool: start(tool, args) for tool, (args, _) in BAD_COMMAND_LINES.items()}
+    for tool, proc in helps.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (tool, err)
+        assert all(f"  {flag}" in out for flag in TOOL_FLAGS[tool]), (tool, out)
+    for tool, proc in bads.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in err, (tool, err)
+        assert err.startswith("error: ") and BAD_COMMAND_LINES[tool][1] in err, (tool, err)
+        assert len(err.strip().splitlines()) == 2 and "Usage: python -m stars_jax." in err
+
+
+def test_main_takes_argv_with_or_without_program_name(tmp_path, capsys):
+    model = _tiny_teacher_dir(tmp_path / "m")
+    _write_image_folder(tmp_path / "data", "test", 32, per_class=1)
+    args = ["--model", str(model), "--data_dir", str(tmp_path / "data"), "--noenergy"]
+    assert evaluate.main(["evaluate", *args])["n"] == 3
+    with pytest.raises(ValueError, match="Unknown command line flag 'bogus'"):
+        evaluate.main([*args, "--bogus"])  # ConfigError: main(argv) raises, the CLI exits 2

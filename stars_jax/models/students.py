@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from stars_jax.lif_pallas import lif_spikes_pallas
 from stars_jax.models.layers import (
     basic_block,
     batch_norm,
@@ -46,9 +47,12 @@ class LIF(nn.Module):
     def __call__(self, x):
         # The membrane runs in float32 even when convolutions run in bfloat16: an 8-bit
         # mantissa would blur threshold crossings. Spikes (0/1) are exact in any dtype.
-        x_seq = x.reshape((self.time_steps, -1) + x.shape[1:]).astype(jnp.float32)
-        spikes, _ = lif(x_seq, self.params)
-        spikes = spikes.astype(x.dtype)
+        x_seq = x.reshape((self.time_steps, -1) + x.shape[1:])
+        if self.params.kernel == "pallas":  # Casts inside the kernel; the membrane stays in it.
+            spikes = lif_spikes_pallas(x_seq, self.params, membrane_dtype=jnp.float32)
+        else:
+            spikes, _ = lif(x_seq.astype(jnp.float32), self.params)
+            spikes = spikes.astype(x.dtype)
         self.sow("firing_rates", RATE, jnp.mean(spikes.astype(jnp.float32)))
         return spikes.reshape(x.shape)
 

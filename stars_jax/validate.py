@@ -1,0 +1,259 @@
+"""Every config value checked before any work: the key, the value and what is valid.
+
+``RULES`` holds a rule for every key of ``config.base_config()`` (a test keeps it so);
+``check_config`` applies them all and reports every bad value at once, so a run never starts
+on a value that would fail (or silently misbehave) rounds later. ``unknown_key_message``
+turns an unknown ``--config.x`` into one line naming the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+
+from stars_jax.errors import ConfigError
+
+# A rule: value -> None if valid, else what a valid value is.
+Rule = Callable[[object], str | None]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def integer(lo: int | None = None, hi: int | None = None, also: tuple = ()) -> Rule:
+    def rule(v):
+        if v in also and _is_int(v):
+            return None
+        ok = _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi)
+        if ok:
+            return None
+        rng = " and ".join(
+            s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if s
+        )
+        extra = f" (or {', '.join(map(str, also))})" if also else ""
+        return f"an integer{' ' + rng if rng else ''}{extra}"
+
+    return rule
+
+
+def real(lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False) -> Rule:
+    def rule(v):
+        ok = _is_real(v)
+        if ok and lo is not None:
+            ok = v > lo if lo_open else v >= lo
+        if ok and hi is not None:
+            ok = v < hi if hi_open else v <= hi
+        if ok:
+            return None
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if lo_open else '>='} {lo}")
+        if hi is not None:
+            parts.append(f"{'<' if hi_open else '<='} {hi}")
+        return "a finite number" + (" " + " and ".join(parts) if parts else "")
+
+    return rule
+
+
+def one_of(*choices) -> Rule:
+    return lambda v: None if v in choices else f"one of {', '.join(map(repr, choices))}"
+
+
+def boolean(v) -> str | None:
+    return None if isinstance(v, bool) else "True or False"
+
+
+def text(v) -> str | None:
+    return None if isinstance(v, str) else "a string"
+
+
+def reals_tuple(v) -> str | None:
+    ok = isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_real(x) for x in v)
+    return None if ok else "a non-empty tuple of finite numbers, e.g. (1.0,) or (1.0, 2.0)"
+
+
+positive = real(0, lo_open=True)
+non_negative = real(0)
+count = integer(1)
+non_negative_int = integer(0)
+DTYPE = one_of("float32", "bfloat16")
+
+
+def _rules() -> dict[str, Rule]:
+    # Imported here: these modules import jax and flax, which config-only callers skip.
+    from stars_jax.data import LOADERS
+    from stars_jax.models.students import STUDENTS
+    from stars_jax.models.teachers import TEACHERS
+    from stars_jax.neurons import KERNELS, SURROGATES
+    from stars_jax.synthesis import SYNTHESIZERS
+
+    return {
+        "seed": non_negative_int,
+        "data.name": text,
+        "data.kind": one_of(*LOADERS, "auto"),
+        "data.path": text,
+        "data.cache_dir": text,
+        "data.train_split": text,
+        "data.test_split": text,
+        "data.num_classes": integer(2),
+        "data.eval_limit": non_negative_int,
+        "data.eval_batch_size": count,
+        "teacher.arch": one_of(*TEACHERS),
+        "teacher.dir": text,
+        "teacher.cache_dir": text,
+        "teacher.dtype": DTYPE,
+        "teacher.train_epochs": count,
+        "teacher.train_batch_size": count,
+        "teacher.train_lr": positive,
+        "teacher.train_weight_decay": non_negative,
+        "student.arch": one_of(*STUDENTS),
+        "student.time_steps": count,
+        "student.dtype": DTYPE,
+        "neuron.tau": real(1.0),  # decay 1 / tau in (0, 1]
+        "neuron.v_threshold": positive,
+        "neuron.reset": one_of("hard", "soft"),
+        "neuron.v_reset": real(),
+        "neuron.detach_reset": boolean,
+        "neuron.surrogate": one_of(*SURROGATES),
+        "neuron.alpha": positive,
+        "neuron.kernel": one_of(*KERNELS),
+        "synth.method": one_of(*SYNTHESIZERS),
+        "synth.batch_size": count,
+        "synth.steps": count,
+        "synth.warmup_rounds": non_negative_int,
+        "synth.lr": positive,
+        "synth.lr_z": non_negative,
+        "synth.latent_dim": count,
+        "synth.generator_width": count,
+        "synth.meta": one_of("fomaml", "reptile"),
+        "synth.reset_l0_round": non_negative_int,
+        "synth.bn_ema": real(0, 1, hi_open=True),
+        "synth.crop_pad": non_negative_int,
+        "synth.flip": boolean,
+        "synth.jitter": non_negative_int,
+        "synth.embed": one_of("fixed", "learned"),
+        "synth.embed_dim": count,
+        "synth.reinit_every": non_negative_int,
+        "synth.a_cr": non_negative,
+        "synth.cr_temperature": positive,
+        "synth.cmi_layers": one_of("all", "stage_last"),
+        "synth.cmi_bank_size": count,
+        "synth.cmi_negatives": count,
+        "synth.cmi_head_dim": count,
+        "synth.a_bn": non_negative,
+        "synth.a_oh": non_negative,
+        "synth.a_adv": non_negative,
+        "synth.a_tv": non_negative,
+        "synth.a_l2": non_negative,
+        "synth.l_rca": non_negative,
+        "synth.rca_sign": one_of(-1.0, 1.0),
+        "synth.rca_rep": one_of("logits", "features"),
+        "synth.l_tar": non_negative,
+        "synth.tar_layers": one_of("all", "stage_last"),
+        "synth.tar_k": reals_tuple,
+        "synth.tar_temperature": positive,
+        "synth.tar_two_sided": boolean,
+        "synth.tar_thresholds": one_of("gaussian", "percentile"),
+        "synth.stars_start_round": non_negative_int,
+        "distill.mode": one_of("data_free", "real_data", "transfer_set"),
+        "distill.transfer_set": text,
+        "distill.rounds": count,
+        "distill.kd_steps": count,
+        "distill.batch_size": count,
+        "distill.optimizer": one_of("adam", "sgd"),
+        "distill.nesterov": boolean,
+        "distill.lr": positive,
+        "distill.lr_min": non_negative,
+        "distill.lr_warmup_rounds": non_negative_int,
+        "distill.weight_decay": non_negative,
+        "distill.t_kd": positive,
+        "distill.per_time_step": boolean,
+        "distill.b_rca": non_negative,
+        "distill.rca_rep": one_of("logits", "features"),
+        "distill.bank_size": count,
+        "distill.crop_pad": non_negative_int,
+        "distill.flip": boolean,
+        "distill.eval_every": count,
+        "distill.time_budget_s": non_negative,
+        "mesh.data": integer(1, also=(-1,)),
+        "ckpt.every": count,
+        "ckpt.keep": count,
+        "energy.enabled": boolean,
+        "energy.pj_per_ac": non_negative,
+        "energy.pj_per_mac": non_negative,
+        "log.every": count,
+        "log.grid_images": non_negative_int,
+        "log.tensorboard": boolean,
+    }
+
+
+def flatten(config) -> dict:
+    """``{"section.key": value}`` of a ConfigDict (or nested dicts)."""
+    out = {}
+    for key, value in config.items() if hasattr(config, "items") else ():
+        if hasattr(value, "items"):
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def problems(config) -> list[str]:
+    """One line per bad value (and per key no rule knows), empty if the config is valid."""
+    rules, flat = _rules(), flatten(config)
+    out = []
+    for key, value in flat.items():
+        rule = rules.get(key)
+        if rule is None:
+            out.append(f"{key}: not a key of the base config ({unknown_key_hint(key, flat)})")
+            continue
+        want = rule(value)
+        if want:
+            out.append(f"{key}={value!r}: must be {want}")
+    if not out:
+        out += _cross_checks(flat)
+    return out
+
+
+def _cross_checks(flat: dict) -> list[str]:
+    out = []
+    if flat["distill.mode"] == "transfer_set" and not flat["distill.transfer_set"]:
+        out.append(
+            "distill.transfer_set='': must name a transfer set (stars_jax.export_bank's --out) "
+            "when distill.mode='transfer_set'"
+        )
+    if flat["distill.lr_min"] > flat["distill.lr"]:
+        out.append(
+            f"distill.lr_min={flat['distill.lr_min']!r}: must be <= distill.lr "
+            f"({flat['distill.lr']!r})"
+        )
+    return out
+
+
+def check_config(config) -> None:
+    """Raises a ``ConfigError`` listing every bad value, with how to set it."""
+    bad = problems(config)
+    if bad:
+        raise ConfigError(
+            "Invalid config value(s):\n  "
+            + "\n  ".join(bad)
+            + "\nFix them in the config file or with --config.KEY=VALUE."
+        )
+
+
+def unknown_key_hint(key: str, known) -> str:
+    near = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    if not near:
+        section = key.split(".")[0]
+        near = sorted(k for k in known if k.startswith(section + "."))[:5]
+    return "nearest valid keys: " + ", ".join(near) if near else "no similar key"
+
+
+def unknown_key_message(key: str, config) -> str:
+    return f"Unknown config key {key!r}; {unknown_key_hint(key, flatten(config))}."

@@ -1,0 +1,160 @@
+"""What keeps a workdir whole: one job at a time, and one run's config per set of checkpoints.
+
+- ``lock``: an advisory lock file (``WORKDIR/.lock``: host, pid, start time). A second job
+  on the same workdir stops with a message naming the holder; a lock left by a process that
+  no longer runs on this host (killed, crashed) is stale and taken over.
+- The run fingerprint (``WORKDIR/fingerprint.json``): the config keys that define a run, all
+  but ``SAFE_KEYS``, written with the first start. A rerun whose fingerprint differs stops
+  before any work and lists the differing keys.
+- ``config.json`` (the resolved config, versions, devices) is written once the config is
+  valid and the checkpoint restored; ``config_history.jsonl`` gets one line per start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+
+from stars_jax import metrics as metrics_lib
+from stars_jax.errors import WorkdirError
+from stars_jax.validate import flatten
+
+Path = metrics_lib.Path
+
+# Keys a resumed run may change: they set the budget, evaluation and logging cadence, paths,
+# the device layout and what is reported, not what the run computes.
+SAFE_KEYS = frozenset(
+    {
+        "distill.rounds",
+        "distill.time_budget_s",
+        "distill.eval_every",
+        "data.eval_batch_size",
+        "data.eval_limit",
+        "data.path",
+        "data.cache_dir",
+        "teacher.cache_dir",
+        "ckpt.every",
+        "ckpt.keep",
+        "log.every",
+        "log.grid_images",
+        "log.tensorboard",
+        "energy.enabled",
+        "energy.pj_per_ac",
+        "energy.pj_per_mac",
+        "mesh.data",
+    }
+)
+LOCK = ".lock"
+FINGERPRINT = "fingerprint.json"
+
+
+def fingerprint(config) -> dict:
+    """The keys that define a run, with their values (JSON-normalised)."""
+    flat = flatten(config.to_dict() if hasattr(config, "to_dict") else config)
+    return json.loads(json.dumps({k: v for k, v in sorted(flat.items()) if k not in SAFE_KEYS}))
+
+
+def differences(stored: dict, now: dict) -> dict:
+    """``{key: (stored value, value now)}`` for every key that differs or exists on one side."""
+    keys = sorted(set(stored) | set(now))
+    missing = "(absent)"
+    return {
+        k: (stored.get(k, missing), now.get(k, missing))
+        for k in keys
+        if stored.get(k, missing) != now.get(k, missing)
+    }
+
+
+def has_checkpoints(workdir: Path) -> bool:
+    ckpt = Path(workdir) / "checkpoints"
+    return ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+
+def check_fingerprint(workdir: Path, config, allow: tuple[str, ...] = ()) -> None:
+    """Stops, before any work, a rerun into a workdir whose checkpoints another config made.
+    Keys in ``allow`` may differ (the user said the change is intended)."""
+    path = Path(workdir) / FINGERPRINT
+    if not (path.exists() and has_checkpoints(workdir)):
+        return
+    diff = differences(json.loads(path.read_text()), fingerprint(config))
+    refused = {k: v for k, v in diff.items() if k not in allow}
+    if not refused:
+        return
+    lines = "\n".join(f"  {k}: {a!r} in the run, {b!r} now" for k, (a, b) in refused.items())
+    raise WorkdirError(
+        f"{workdir} holds checkpoints of a run made with another config:\n{lines}\n"
+        "To start a new run, pass another --workdir. To continue this run, rerun with its "
+        "values, or, if the change is intended and safe for the checkpoints, add "
+        f"--allow_config_change={','.join(refused)} (keys that change what is saved, such as "
+        "student.arch or distill.bank_size, cannot be resumed; safe to change on any resume: "
+        f"{', '.join(sorted(SAFE_KEYS))})."
+    )
+
+
+def record_start(workdir: Path, config, info: dict, resumed_after: int | None) -> None:
+    """Writes ``config.json`` and the fingerprint, and appends this start to the history."""
+    workdir = Path(workdir)
+    metrics_lib.write_json(workdir / "config.json", {"config": config.to_dict(), **info})
+    metrics_lib.write_json(workdir / FINGERPRINT, fingerprint(config))
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_after_round": resumed_after,
+        "host": socket.gethostname(),
+        "config": config.to_dict(),
+    }
+    with (workdir / "config_history.jsonl").open("a") as f:
+        f.write(json.dumps(line, default=str) + "\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _take(path: Path) -> bool:
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    try:
+        fd = os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(holder, f)
+    return True
+
+
+@contextlib.contextmanager
+def lock(workdir: Path, enabled: bool = True):
+    """Holds ``WORKDIR/.lock`` for the job's life (local workdirs; object stores have no
+    atomic create, so gs:// and s3:// workdirs are not locked)."""
+    workdir = Path(workdir)
+    if not enabled or str(workdir).startswith(("gs://", "s3://")):
+        yield
+        return
+    path = workdir / LOCK
+    if not _take(path):
+        try:
+            holder = json.loads(path.read_text())
+        except (OSError, ValueError):
+            holder = {}
+        if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1))):
+            print(f"Removing a stale lock of process {holder.get('pid')} (no longer running).")
+            path.unlink(missing_ok=True)
+        if not _take(path):
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("since", 0)))
+            raise WorkdirError(
+                f"{workdir} is in use by process {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')} (since {since}). Wait for that job to end or use "
+                f"another --workdir; if no job runs there any more, delete {path}."
+            )
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
