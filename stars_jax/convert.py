@@ -322,18 +322,17 @@ PROG = "python -m stars_jax.convert"
 USAGE = f"{PROG} --arch=ARCH --num_classes=K --checkpoint=FILE.pth --out=DIR [--overwrite]"
 
 
+_NORMALIZE_HELP = "cifar10 | none | m1,m2,m3,s1,s2,s3 (default: the checkpoint's, else cifar10)."
+_OVERWRITE_HELP = "Write into a non-empty --out, replacing its model.json and variables.msgpack."
+
+
 def define_flags(fv: flags.FlagValues) -> None:
     """The CLI's flags (``stars_jax.cli``)."""
     flags.DEFINE_enum("arch", None, sorted(TEACHERS), "Teacher architecture.", flag_values=fv)
     flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("checkpoint", None, "PyTorch .pth file.", flag_values=fv)
     flags.DEFINE_string("out", None, "Model directory to write.", flag_values=fv)
-    flags.DEFINE_string(
-        "normalize",
-        None,
-        "cifar10 | none | m1,m2,m3,s1,s2,s3 (default: the checkpoint's, else cifar10).",
-        flag_values=fv,
-    )
+    flags.DEFINE_string("normalize", None, _NORMALIZE_HELP, flag_values=fv)
     flags.DEFINE_integer(
         "image_size", 32, "Input height = width in pixels.", lower_bound=1, flag_values=fv
     )
@@ -344,12 +343,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "checkpoints you trust.",
         flag_values=fv,
     )
-    flags.DEFINE_bool(
-        "overwrite",
-        False,
-        "Write into a non-empty --out, replacing its model.json and variables.msgpack.",
-        flag_values=fv,
-    )
+    flags.DEFINE_bool("overwrite", False, _OVERWRITE_HELP, flag_values=fv)
     flags.DEFINE_bool("debug", False, cli.DEBUG_HELP, flag_values=fv)
     flags.mark_flags_as_required(["arch", "num_classes", "checkpoint", "out"], flag_values=fv)
 

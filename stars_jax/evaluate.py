@@ -143,15 +143,16 @@ PROG = "python -m stars_jax.evaluate"
 USAGE = f"{PROG} --model=DIR --data_dir=PATH [--split=test] [--teacher=DIR]"
 
 
+_DATA_DIR_HELP = "Dataset path: what the main job calls --config.data.path (see stars_jax.data)."
+_ENERGY_HELP = (
+    "Students: synaptic operations and energy on the evaluated images (--noenergy: skip)."
+)
+
+
 def define_flags(fv: flags.FlagValues) -> None:
     """The CLI's flags (``stars_jax.cli``)."""
     flags.DEFINE_string("model", None, "Model directory (see stars_jax.model_dir).", flag_values=fv)
-    flags.DEFINE_string(
-        "data_dir",
-        None,
-        "Dataset path: what the main job calls --config.data.path (see stars_jax.data).",
-        flag_values=fv,
-    )
+    flags.DEFINE_string("data_dir", None, _DATA_DIR_HELP, flag_values=fv)
     flags.DEFINE_string("split", "test", "Dataset split.", flag_values=fv)
     flags.DEFINE_integer(
         "limit", None, "Class-balanced subset of N images.", lower_bound=1, flag_values=fv
@@ -164,12 +165,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "Dataset format (--config.data.kind in the main job); auto detects it from the path.",
         flag_values=fv,
     )
-    flags.DEFINE_bool(
-        "energy",
-        True,
-        "Students: synaptic operations and energy on the evaluated images (--noenergy: skip).",
-        flag_values=fv,
-    )
+    flags.DEFINE_bool("energy", True, _ENERGY_HELP, flag_values=fv)
     flags.DEFINE_string(
         "teacher", None, "A teacher model directory to compare energy with.", flag_values=fv
     )

@@ -370,6 +370,9 @@ PROG = "python -m stars_jax.export"
 USAGE = f"{PROG} --model=STUDENT_DIR --format=nir --out=FILE [--dt=SECONDS] [--input=pixels]"
 
 
+_DT_HELP = "Seconds per time step (> 0); each LIF's NIR tau is tau * dt (default: snntorch's)."
+
+
 def define_flags(fv: flags.FlagValues) -> None:
     """The CLI's flags (``stars_jax.cli``)."""
     flags.DEFINE_string(
@@ -377,12 +380,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_enum("format", "nir", FORMATS, "Export format.", flag_values=fv)
     flags.DEFINE_string("out", None, "Output file, e.g. student.nir.", flag_values=fv)
-    flags.DEFINE_float(
-        "dt",
-        DEFAULT_DT,
-        "Seconds per time step (> 0); each LIF's NIR tau is tau * dt (default: snntorch's).",
-        flag_values=fv,
-    )
+    flags.DEFINE_float("dt", DEFAULT_DT, _DT_HELP, flag_values=fv)
     flags.register_validator("dt", lambda dt: dt > 0, "--dt must be > 0 seconds.", flag_values=fv)
     flags.DEFINE_enum(
         "input",

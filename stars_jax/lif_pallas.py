@@ -189,13 +189,13 @@ def lif_pallas(
     return _run(x_seq, params, membrane_dtype, block, interpret, with_v=True)
 
 
-def lif_spikes_pallas(
-    x_seq: jax.Array,
-    params: LIFParams = LIFParams(),
-    membrane_dtype=None,
-    block: int = DEFAULT_BLOCK,
-    interpret: bool | None = None,
-) -> jax.Array:
-    """As :func:`lif_pallas` but returns only the spikes: the membrane is never written out."""
+def _options(membrane_dtype=None, block: int = DEFAULT_BLOCK, interpret: bool | None = None):
+    return membrane_dtype, block, interpret
+
+
+def lif_spikes_pallas(x_seq: jax.Array, params: LIFParams = LIFParams(), *args, **kwargs):
+    """As :func:`lif_pallas` (same optional arguments) but returns only the spikes: the
+    membrane is never written out."""
+    membrane_dtype, block, interpret = _options(*args, **kwargs)
     (spikes,) = _run(x_seq, params, membrane_dtype, block, interpret, with_v=False)
     return spikes
