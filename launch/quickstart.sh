@@ -11,7 +11,7 @@ FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
 if [ ! -d .venv ]; then python3 -m venv .venv; fi
 . .venv/bin/activate
 pip install -q --upgrade pip
-pip install -q -e .
+pip install -q -e ".[tensorboard]"  # tensorboardX: event files for `tensorboard --logdir`
 
 if [ ! -f "$FMNIST/t10k-labels-idx1-ubyte.gz" ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

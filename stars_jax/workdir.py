@@ -79,7 +79,11 @@ def check_fingerprint(workdir: Path, config, allow: tuple[str, ...] = ()) -> Non
     path = Path(workdir) / FINGERPRINT
     if not (path.exists() and has_checkpoints(workdir)):
         return
-    diff = differences(json.loads(path.read_text()), fingerprint(config))
+    stored, now = json.loads(path.read_text()), fingerprint(config)
+    # Keys only one side has come from another stars_jax version (a key added with a default
+    # that keeps the old behaviour, or removed): an upgrade alone does not stop a resume.
+    shared = stored.keys() & now.keys()
+    diff = differences({k: stored[k] for k in shared}, {k: now[k] for k in shared})
     refused = {k: v for k, v in diff.items() if k not in allow}
     if not refused:
         return

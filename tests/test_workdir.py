@@ -117,6 +117,21 @@ def test_fingerprint_leaves_out_safe_keys_and_lists_differences():
     assert diff == {"seed": (0, 1), "synth.l_tar": (1.0, 1000.0)}
 
 
+def test_keys_of_another_version_do_not_stop_a_resume(tmp_path):
+    """A key that only the stored fingerprint or only the current config has (stars_jax was
+    upgraded between the runs) is not a difference; a changed shared key still is."""
+    config = base_config()
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    old = workdir_lib.fingerprint(config)
+    del old["neuron.kernel"]  # a key this version added
+    old["synth.removed_key"] = 1
+    (tmp_path / workdir_lib.FINGERPRINT).write_text(json.dumps(old))
+    workdir_lib.check_fingerprint(tmp_path, config)  # no error
+    config.seed = 5
+    with pytest.raises(errors.WorkdirError, match="seed: 0 in the run, 5 now"):
+        workdir_lib.check_fingerprint(tmp_path, config)
+
+
 def test_a_rerun_with_another_config_stops_before_any_work(tiny_data, tmp_path):
     cache, w = tmp_path / "cache", tmp_path / "w"
     train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 2}), w)
