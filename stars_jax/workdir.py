@@ -58,13 +58,11 @@ def fingerprint(config) -> dict:
 
 
 def differences(stored: dict, now: dict) -> dict:
-    """``{key: (stored value, value now)}`` for every key that differs or exists on one side."""
-    keys = sorted(set(stored) | set(now))
-    missing = "(absent)"
+    """``{key: (stored value, value now)}`` for every key both have that differs. Keys only
+    one side has come from another stars_jax version (a key added with a default that keeps
+    the old behaviour, or one removed): an upgrade alone does not stop a resume."""
     return {
-        k: (stored.get(k, missing), now.get(k, missing))
-        for k in keys
-        if stored.get(k, missing) != now.get(k, missing)
+        k: (stored[k], now[k]) for k in sorted(stored.keys() & now.keys()) if stored[k] != now[k]
     }
 
 
@@ -79,11 +77,7 @@ def check_fingerprint(workdir: Path, config, allow: tuple[str, ...] = ()) -> Non
     path = Path(workdir) / FINGERPRINT
     if not (path.exists() and has_checkpoints(workdir)):
         return
-    stored, now = json.loads(path.read_text()), fingerprint(config)
-    # Keys only one side has come from another stars_jax version (a key added with a default
-    # that keeps the old behaviour, or removed): an upgrade alone does not stop a resume.
-    shared = stored.keys() & now.keys()
-    diff = differences({k: stored[k] for k in shared}, {k: now[k] for k in shared})
+    diff = differences(json.loads(path.read_text()), fingerprint(config))
     refused = {k: v for k, v in diff.items() if k not in allow}
     if not refused:
         return

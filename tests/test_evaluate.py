@@ -23,13 +23,18 @@ from stars_jax.models.teachers import make_teacher
 NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
-def _random_variables(model, size: int, seed: int) -> dict:
-    """Random numpy variables of the right tree (compiling ``model.init`` costs ~8 s on CPU)."""
-    shapes = jax.eval_shape(
+def variable_shapes(model, size: int):
+    """The tree of ``model.init``'s variables as shapes, without compiling it (~8 s on CPU)."""
+    return jax.eval_shape(
         functools.partial(model.init, train=False),
         jax.random.key(0),
         jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
     )
+
+
+def _random_variables(model, size: int, seed: int) -> dict:
+    """Random numpy variables of the right tree."""
+    shapes = variable_shapes(model, size)
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):

@@ -9,7 +9,6 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -21,6 +20,7 @@ from stars_jax.model_dir import save_model_dir
 from stars_jax.models.students import LIF, SpikingResNet, make_student
 from stars_jax.models.teachers import make_teacher
 from stars_jax.neurons import LIFParams
+from tests.test_evaluate import variable_shapes
 
 nir = pytest.importorskip("nir", reason="NIR export needs the nir package: pip install nir")
 
@@ -35,11 +35,7 @@ MARGIN = 1e-5
 
 def _variables(model, seed: int) -> dict:
     """Random numpy variables with BN statistics far from identity (no model.init compile)."""
-    shapes = jax.eval_shape(
-        functools.partial(model.init, train=False),
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
-    )
+    shapes = variable_shapes(model, SIZE)
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):
