@@ -167,22 +167,7 @@ def _jax_setup(s, dtype_name: str, method: str = "deepinversion"):
     st = init_train_state(student, opt, jax.random.key(1), shape, 1000)
     syn_cfg = _synth_cfg(s, method)
     syn = make_synthesizer(syn_cfg, teacher, student, shape, NUM_CLASSES, MEAN, STD)
-    ctx = KDContext(
-        teacher,
-        student,
-        opt,
-        MEAN,
-        STD,
-        4.0,
-        False,
-        0.0,
-        "logits",
-        0,
-        False,
-        dtype,
-        lr=0.1,
-        warmup_steps=0,
-    )
+    ctx = KDContext(teacher, student, opt, MEAN, STD, dtype=dtype, lr=0.1)
     return SimpleNamespace(shape=shape, tv=tv, st=st, syn_cfg=syn_cfg, syn=syn, ctx=ctx)
 
 

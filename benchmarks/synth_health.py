@@ -74,22 +74,7 @@ def run(config, rounds: int, grid: str = "") -> dict:
     root = jax.random.key(config.seed)
     state = init_train_state(student, opt, jax.random.fold_in(root, 0), shape)
     syn = make_synthesizer(sc, t_model, student, shape, k, mean, std)
-    ctx = KDContext(
-        t_model,
-        student,
-        opt,
-        mean,
-        std,
-        1.0,
-        False,
-        0.0,
-        "logits",
-        0,
-        False,
-        lr=0.0,
-        warmup_steps=0,
-        num_classes=k,
-    )
+    ctx = KDContext(t_model, student, opt, mean, std, t_kd=1.0, lr=0.0, num_classes=k)
     steps = make_round_steps(syn, ctx, 8, sc)
     carry = (
         state,

@@ -112,25 +112,27 @@ def init_train_state(model, optimizer, key, image_shape, total_steps: int = 0) -
 
 @dataclasses.dataclass(frozen=True)
 class KDContext:
-    """Static pieces of the KD step (closed over, not traced)."""
+    """Static pieces of the KD step (closed over, not traced). Beyond the models, optimizer
+    and normalisation, every field is a keyword with plain KD's value as its default."""
 
     teacher: Any
     student: Any
     optimizer: optax.GradientTransformation  # The direction (make_optimizer), without the lr.
     mean: tuple
     std: tuple
-    t_kd: float
-    per_time_step: bool
-    b_rca: float
-    rca_rep: str
-    crop_pad: int
-    flip: bool
+    _: dataclasses.KW_ONLY
+    lr: float  # Peak learning rate of ``warmup_cosine``.
+    warmup_steps: int = 0
+    lr_min: float = 0.0  # The cosine's floor.
+    t_kd: float = 4.0
+    per_time_step: bool = False
+    b_rca: float = 0.0
+    rca_rep: str = "logits"
+    crop_pad: int = 0
+    flip: bool = False
     dtype: Any = jnp.float32
     batch_sharding: Any = None  # NamedSharding of [B, ...] batches under a mesh, or None
-    lr: float = dataclasses.field(kw_only=True)  # Peak learning rate of ``warmup_cosine``.
-    warmup_steps: int = dataclasses.field(kw_only=True)
-    lr_min: float = dataclasses.field(default=0.0, kw_only=True)  # The cosine's floor.
-    num_classes: int = dataclasses.field(default=10, kw_only=True)
+    num_classes: int = 10
 
 
 def train_view(images_u8, key, crop_pad: int, flip: bool, mean, std):

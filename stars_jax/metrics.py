@@ -33,8 +33,16 @@ class Writer:
     """
 
     def __init__(
-        self, workdir: str | Path, total_rounds: int, enabled: bool = True, tensorboard=False
+        self,
+        workdir: str | Path,
+        total_rounds: int,
+        start_round: int = 0,
+        enabled: bool = True,
+        tensorboard=False,
     ):
+        """``start_round``: the first round this run logs. On a resume, what a killed run
+        logged from that round on (after its last checkpoint) is forgotten, in
+        ``metrics.jsonl`` and in TensorBoard (its events from those steps are purged)."""
         self.workdir = Path(workdir)
         self.path = self.workdir / "metrics.jsonl"
         self.total = total_rounds
@@ -42,18 +50,14 @@ class Writer:
         self.t0 = time.time()
         self.first_round: int | None = None
         self.tb = None
-        self._want_tb = tensorboard and enabled
-
-    def drop_after(self, round_: int) -> None:
-        """On resume: forget rounds a killed run logged after its last checkpoint (in
-        TensorBoard too: its events from later steps are purged)."""
-        if self._want_tb:
-            self.tb = _tensorboard(self.workdir, purge_step=round_ + 2)
-        if not self.enabled or not self.path.exists():
+        if not enabled:
             return
-        lines = self.path.read_text().splitlines()
-        kept = [x for x in lines if x and json.loads(x)["round"] <= round_]
-        self.path.write_text("".join(x + "\n" for x in kept))
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            kept = [x for x in lines if x and json.loads(x)["round"] < start_round]
+            self.path.write_text("".join(x + "\n" for x in kept))
+        if tensorboard:
+            self.tb = _tensorboard(self.workdir, purge_step=start_round + 1)
 
     def image(self, round_: int, tag: str, grid: np.ndarray) -> None:
         if self.tb is not None:

@@ -159,9 +159,12 @@ def _train(config, workdir, t_start: float) -> dict:
         workdir_lib.record_start(workdir, config, _run_info(), resumed_after)
     elapsed = lambda: parallel.agree(progress.elapsed_before + time.time() - t_start)
     writer = metrics_lib.Writer(
-        workdir, progress.stop_at, enabled=job.is_main, tensorboard=config.log.tensorboard
+        workdir,
+        progress.stop_at,
+        start_round=progress.start,
+        enabled=job.is_main,
+        tensorboard=config.log.tensorboard,
     )
-    writer.drop_after(progress.start - 1)
     record = _run_rounds(job, progress, writer, elapsed)
     summary = run_summary(config, record)
     writer.hparams(validate.flatten(config), {"student_top1": record.student["top1"]})

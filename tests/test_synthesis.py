@@ -378,12 +378,9 @@ def _ctx(nets, opt):
         opt,
         MEAN,
         STD,
-        4.0,
-        False,
-        1.0,
-        "logits",
-        2,
-        True,
+        b_rca=1.0,
+        crop_pad=2,
+        flip=True,
         lr=1e-3,
         warmup_steps=1,
         num_classes=K,
@@ -454,20 +451,7 @@ def test_kd_step_with_rca_survives_a_faint_student(nets):
     norms = {}
     for b_rca in (0.0, 1.0):
         ctx = KDContext(
-            teacher,
-            silent,
-            opt,
-            MEAN,
-            STD,
-            20.0,
-            False,
-            b_rca,
-            "logits",
-            0,
-            False,
-            lr=0.2,
-            warmup_steps=0,
-            num_classes=K,
+            teacher, silent, opt, MEAN, STD, t_kd=20.0, b_rca=b_rca, lr=0.2, num_classes=K
         )
         step = jax.jit(lambda s, x, k, c=ctx: kd_step(c, s, tv, x, k))
         _, m = step(st, images, jax.random.key(32))

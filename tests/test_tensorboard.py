@@ -1,6 +1,8 @@
 """TensorBoard event files from the metrics writer, read back record by record."""
 
+import json
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -29,7 +31,6 @@ def read_events(logdir):
 
 def test_scalars_images_histograms_and_hparams_read_back(tmp_path, capsys):
     w = metrics.Writer(tmp_path, total_rounds=3, tensorboard=True)
-    w.drop_after(-1)
     for r in range(3):
         w.write(r, {"kd/loss": 1.0 / (r + 1), "synth/bn": np.float32(2.0)})
     w.image(2, "synthetic", np.zeros((10, 12, 3), np.uint8))
@@ -61,7 +62,23 @@ def test_scalars_images_histograms_and_hparams_read_back(tmp_path, capsys):
 
 def test_disabled_writer_writes_no_events(tmp_path):
     w = metrics.Writer(tmp_path, total_rounds=1, enabled=False, tensorboard=True)
-    w.drop_after(-1)
     w.write(0, {"kd/loss": 1.0})
     w.close()
     assert not list(tmp_path.iterdir())
+
+
+def test_resume_forgets_the_rounds_after_the_checkpoint(tmp_path):
+    """A run killed after logging rounds 1-3 (0-based 0-2) resumes at round 2: metrics.jsonl
+    keeps rounds 0-1 and the new round 2; TensorBoard gets a purge marker at step 3."""
+    w = metrics.Writer(tmp_path, total_rounds=3, tensorboard=True)
+    for r in range(3):
+        w.write(r, {"kd/loss": 1.0})
+    w.close()
+    time.sleep(1.1)  # event file names hold whole seconds: a same-second restart would reuse one
+    w = metrics.Writer(tmp_path, total_rounds=3, start_round=2, tensorboard=True)
+    w.write(2, {"kd/loss": 0.5})
+    w.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["round"], x["kd/loss"]) for x in lines] == [(0, 1.0), (1, 1.0), (2, 0.5)]
+    starts = [e.step for e in read_events(tmp_path) if e.HasField("session_log")]
+    assert starts == [1, 3]  # each run marks where it starts; TensorBoard hides steps >= 3
