@@ -15,6 +15,8 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["stars_jax", "stars_jax.*"]),
+    # The embedded default's teacher (stars_jax/assets): a model directory, 81 kB.
+    package_data={"stars_jax.assets": ["teachers/*/model.json", "teachers/*/variables.msgpack"]},
     # The config files, for installs that are not a checkout: under sys.prefix.
     data_files=[
         ("share/stars_jax/configs", [str(p) for p in sorted(Path("configs").glob("*.py"))])

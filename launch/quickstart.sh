@@ -2,7 +2,7 @@
 # Set-up and the embedded default on a fresh machine (CPU is enough):
 #   bash launch/quickstart.sh [extra --config.x=... flags]
 # 1. a virtual environment with stars_jax; 2. Fashion-MNIST (Debian package where apt can
-# reach it, else instructions); 3. teacher training (cached) + STARS data-free distillation
+# reach it, else instructions); 3. STARS data-free distillation from the shipped teacher
 # into a spiking student + its top-1 on the real test set, in workdirs/default.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,25 @@
+"""Files shipped with the package.
+
+``teachers/fashion_mnist_resnet_small``: the embedded default's ANN teacher (``resnet_small``,
+86.45 % top-1 on the real Fashion-MNIST test set), so the default distills from a given
+teacher, as a user does, instead of spending ~2.5 min of its run training one. It is the
+model directory this command writes on a 2-core CPU (jax 0.10.2), byte for byte:
+
+  python -m stars_jax.teacher --config configs/default.py --config.teacher.dir= --out DIR
+
+(3 epochs of SGD on the 60,000 training images, seed 0; the benchmarks/RESULTS.md studies
+used this very teacher).
+"""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def teacher_dir(name: str) -> str:
+    """The path of the shipped teacher model directory ``name``."""
+    path = ROOT / "teachers" / name
+    if not (path / "model.json").exists():
+        shipped = sorted(p.name for p in (ROOT / "teachers").iterdir() if p.is_dir())
+        raise FileNotFoundError(f"No shipped teacher {name!r}; shipped: {shipped}.")
+    return str(path)
