@@ -3,7 +3,8 @@
 ``teachers/fashion_mnist_resnet_small``: the embedded default's ANN teacher (``resnet_small``,
 86.45 % top-1 on the real Fashion-MNIST test set), so the default distills from a given
 teacher, as a user does, instead of spending ~2.5 min of its run training one. It is the
-model directory this command writes on a 2-core CPU (jax 0.10.2), byte for byte:
+model directory this command writes on a 2-core CPU (jax 0.10.2), byte for byte (checked
+by rerunning it on 2026-11-28):
 
   python -m stars_jax.teacher --config configs/default.py --config.teacher.dir= --out DIR
 
