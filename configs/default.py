@@ -26,7 +26,8 @@ def get_config(arg=None):
     c.distill.lr = 1e-2
     c.student.time_steps = 2  # T = 2 learns as fast per step as T = 4 at ~60% of the cost.
     # The teacher ships with the package (stars_jax/assets: 3 epochs on the real training set,
-    # 86.45 %); --config.teacher.dir= trains it here instead (cached; ~2.5 min on 2 CPU cores).
+    # 86.45 %); --config.teacher.dir= trains it here instead (cached; ~2.5 min on 2 CPU cores,
+    # inside the time budget below: that first run does fewer rounds unless it is set to 0).
     c.teacher.dir = assets.teacher_dir("fashion_mnist_resnet_small")
     # Sized to finish in under 10 min on 2 CPU cores with margin (README: measured): 130 rounds
     # (125 x 20 KD steps; a round takes ~3 s there), 5 evaluations. The time budget is a guard
