@@ -47,6 +47,8 @@ setup(
         "nir": ["nir>=1.0.8,<2"],
         # The independent NIR consumer tests/test_export_nir.py runs exported graphs in;
         # snntorch's wheel does not declare nirtorch, which its NIR importer needs.
+        # benchmarks/plot_curves.py (accuracy against KD steps as a PNG).
+        "plot": ["matplotlib>=3.8"],
         "nir-check": ["nir>=1.0.8,<2", "snntorch>=1.0,<1.1", "nirtorch>=2.0,<3"],
         "test": [
             "pytest>=8",
@@ -56,6 +58,7 @@ setup(
             "nir>=1.0.8,<2",
             "snntorch>=1.0,<1.1",
             "nirtorch>=2.0,<3",
+            "matplotlib>=3.8",  # tests/test_plot_curves.py
         ],
     },
 )

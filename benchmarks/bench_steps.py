@@ -59,7 +59,7 @@ from stars_jax.distill import (  # noqa: E402
 )
 from stars_jax.models.students import SpikingResNet  # noqa: E402
 from stars_jax.models.teachers import ResNet  # noqa: E402
-from stars_jax.synthesis import SYNTHESIZERS, make_synthesizer  # noqa: E402
+from stars_jax.synthesis import SYNTHESIZERS, StepInputs, make_synthesizer  # noqa: E402
 
 # Dense peak of one device, FLOP/s, by JAX device_kind substring (first match): (bf16, fp32).
 # fp32 is TF32 tensor-core peak: both sides' fp32 convolutions run TF32 by default on these
@@ -182,7 +182,7 @@ def jax_cases(s, dtype_name: str):
     return [
         (
             "synthesis",
-            lambda w, t, sv: j.syn.step(syn_state, w, t, sv, key)[0],
+            lambda w, t, sv: j.syn.step(syn_state, w, StepInputs(t, sv, key))[0],
             work,
             (j.tv, j.st.variables),
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -25,6 +26,7 @@ from stars_jax.diagnostics import batch_health, class_entropy
 from stars_jax.neurons import LIFParams
 from stars_jax.objective import TarReference, tar_reference
 from stars_jax.parallel import constrain
+from stars_jax.synthesis import StepInputs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -227,20 +229,46 @@ class RoundSteps(NamedTuple):
     tar_reference: Callable | None = None  # (teacher_vars, bank, key) -> TarReference
 
 
+_STEP_IDS = itertools.count()
+
+
+def _max_traces(fn, n: int, name: str):
+    """``fn`` under ``chex.assert_max_traces``: a step traced more than ``n`` times (an input
+    whose shape, dtype or static part changes between calls recompiles it every time) is an
+    error naming it. chex counts per footprint (where and what is wrapped); a name unique to
+    this wrapper gives every ``RoundSteps`` its own count, as one process may build many (the
+    baseline's beside a run's, runs in tests and sweeps)."""
+
+    try:
+        import chex  # The [test] extra (setup.py); without it the steps run unguarded.
+    except ImportError:
+        return fn
+
+    def traced(*args):
+        return fn(*args)
+
+    traced.__name__ = traced.__qualname__ = f"{name}#{next(_STEP_IDS)}"
+    return chex.assert_max_traces(traced, n)
+
+
 def make_round_steps(synthesizer, ctx: KDContext, batch_size: int, synth_cfg=None) -> RoundSteps:
-    """``synth_cfg``: the synthesizer's config; with percentile TAR on, each round first draws
-    its thresholds' reference batch from the bank."""
-    kd = jax.jit(functools.partial(kd_bank_step, ctx, batch_size), donate_argnums=0)
+    """The round's jitted steps, each traced once (the synthesis step twice: warm-up steps and
+    the others; ``chex.assert_max_traces``). ``synth_cfg``: the synthesizer's config; with
+    percentile TAR on, each round first draws its thresholds' reference batch from the bank."""
+    kd = _max_traces(functools.partial(kd_bank_step, ctx, batch_size), 1, "kd_bank_step")
+    kd = jax.jit(kd, donate_argnums=0)
     if synthesizer is None:  # real_data mode
         return RoundSteps(None, None, None, None, kd)
     tar_ref = None
     if synth_cfg is not None and synth_cfg.l_tar and synth_cfg.tar_thresholds == "percentile":
-        tar_ref = jax.jit(functools.partial(bank_tar_reference, ctx, synth_cfg))
+        ref = _max_traces(functools.partial(bank_tar_reference, ctx, synth_cfg), 1, "tar_reference")
+        tar_ref = jax.jit(ref)
+    add = functools.partial(add_synthetic, ctx)
     return RoundSteps(
-        synth_begin=jax.jit(synthesizer.begin, donate_argnums=0),
-        synth_step=jax.jit(synthesizer.step, donate_argnums=1, static_argnames="warmup"),
-        synth_end=jax.jit(synthesizer.end, donate_argnums=0),
-        add_synthetic=jax.jit(functools.partial(add_synthetic, ctx), donate_argnums=0),
+        synth_begin=jax.jit(_max_traces(synthesizer.begin, 1, "synth_begin"), donate_argnums=0),
+        synth_step=jax.jit(_max_traces(synthesizer.step, 2, "synth_step"), donate_argnums=1),
+        synth_end=jax.jit(_max_traces(synthesizer.end, 1, "synth_end"), donate_argnums=0),
+        add_synthetic=jax.jit(_max_traces(add, 1, "add_synthetic"), donate_argnums=0),
         kd_bank_step=kd,
         tar_reference=tar_ref,
     )
@@ -290,15 +318,9 @@ def run_round(
             tar_ref = steps.tar_reference(teacher_vars, bank, k_ref)
         synth_state, work = steps.synth_begin(synth_state, jax.random.fold_in(k_syn, 0), round_)
         for i in range(synth_steps):
-            work, metrics = steps.synth_step(
-                synth_state,
-                work,
-                teacher_vars,
-                state.variables,
-                jax.random.fold_in(k_syn, i + 1),
-                warmup=warmup,
-                tar_ref=tar_ref,
-            )
+            key_i = jax.random.fold_in(k_syn, i + 1)
+            inputs = StepInputs(teacher_vars, state.variables, key_i, tar_ref, warmup=warmup)
+            work, metrics = steps.synth_step(synth_state, work, inputs)
         synth_state, images, labels = steps.synth_end(synth_state, work)
         bank, preds, health = steps.add_synthetic(bank, teacher_vars, images, labels)
         metrics = {**metrics, **health}

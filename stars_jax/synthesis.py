@@ -18,19 +18,27 @@ BN + CE only in warm-up rounds) on an augmented view of the images, and keep the
 lowest-loss batch (each step's loss is that of the batch before the step's update, as in the
 references), returned as uint8 pixels with the labels it was made for.
 
-A synthesizer is four pure functions over typed states (``synthesizers.common.Synthesizer``);
-the round loop in ``distill`` jits them. Adding one is a module under ``stars_jax/synthesizers``
-with a ``make_<name>(setup) -> Synthesizer`` function, plus an entry in ``SYNTHESIZERS``.
+Every synthesizer has one shape (``synthesizers.common``): a frozen dataclass of static parts
+with four pure methods, ``init(key, teacher_vars) -> state``, ``begin(state, key, round_) ->
+(state, Work)``, ``step(state, Work, StepInputs) -> (Work, metrics)`` and ``end(state, Work) ->
+(state, images_u8, labels)``, which the round loop in ``distill`` jits. A round's ``Work`` is
+one type for all (what only one method carries sits in its ``extra`` slot); the state kept
+across rounds is each method's own NamedTuple. The generator methods share
+``common.GeneratorMethod`` (a generator step on L_syn, with an optional extra term: CMI's).
+Adding a synthesizer is a module under ``stars_jax/synthesizers`` with a
+``make_<name>(setup) -> Synthesizer`` function, plus an entry in ``SYNTHESIZERS``.
 """
 
 from __future__ import annotations
 
 from stars_jax.objective import TAR_THRESHOLDS
 from stars_jax.synthesizers.cmi import make_cmi
-from stars_jax.synthesizers.common import Synthesizer, SynthSetup
+from stars_jax.synthesizers.common import StepInputs, Synthesizer, SynthSetup, Work
 from stars_jax.synthesizers.deepinversion import make_deepinversion
 from stars_jax.synthesizers.fast import make_fast
 from stars_jax.synthesizers.nayer import make_nayer
+
+__all__ = ["SYNTHESIZERS", "StepInputs", "Synthesizer", "Work", "make_synthesizer"]
 
 SYNTHESIZERS = {
     "deepinversion": make_deepinversion,

@@ -30,7 +30,7 @@ def run_steps(out: str) -> None:
     from stars_jax.distill import KDContext, init_train_state, kd_step, make_optimizer
     from stars_jax.models.students import make_student
     from stars_jax.models.teachers import make_teacher
-    from stars_jax.synthesis import make_synthesizer
+    from stars_jax.synthesis import StepInputs, make_synthesizer
 
     mesh = parallel.make_mesh()
     rep, sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
@@ -54,11 +54,11 @@ def run_steps(out: str) -> None:
         syn_state, work = jax.jit(syn.begin)(syn_state, jax.random.key(3), 0)
         step = jax.jit(syn.step)
         for i in range(2):  # the second step sees CMI's bank empty, NAYER's Adam warm
-            work, m = step(syn_state, work, tv, state.variables, jax.random.key(4 + i))
+            work, m = step(syn_state, work, StepInputs(tv, state.variables, jax.random.key(4 + i)))
         syn_state, images, _ = jax.jit(syn.end)(syn_state, work)
         if method == "cmi":  # a round later the bank holds a batch: negatives in play
             syn_state, work = jax.jit(syn.begin)(syn_state, jax.random.key(6), 1)
-            work, m2 = step(syn_state, work, tv, state.variables, jax.random.key(7))
+            work, m2 = step(syn_state, work, StepInputs(tv, state.variables, jax.random.key(7)))
             m = {**m, **{f"round2/{k}": v for k, v in m2.items()}}
         for k, v in m.items():
             results[f"{method}/{k}"] = np.asarray(v)

@@ -29,7 +29,7 @@ from stars_jax.objective import (
     tar_reference,
     teacher_bn,
 )
-from stars_jax.synthesis import SYNTHESIZERS, make_synthesizer
+from stars_jax.synthesis import SYNTHESIZERS, StepInputs, make_synthesizer
 from stars_jax.synthesizers.cmi import contrastive_loss
 from stars_jax.synthesizers.common import balanced_labels
 
@@ -74,10 +74,11 @@ def _round(nets, syn, state, key, round_=0, steps=3, warmup=False):
     losses, the last work)."""
     _, tv, _, sv = nets
     state, work = jax.jit(syn.begin, donate_argnums=0)(state, key, round_)
-    step = jax.jit(syn.step, donate_argnums=1, static_argnames="warmup")
+    step = jax.jit(syn.step, donate_argnums=1)
     history = []
     for i in range(steps):
-        work, m = step(state, work, tv, sv, jax.random.fold_in(key, i + 1), warmup=warmup)
+        inputs = StepInputs(tv, sv, jax.random.fold_in(key, i + 1), warmup=warmup)
+        work, m = step(state, work, inputs)
         history.append(float(m["synth/loss"]))
     last = jax.tree.map(jnp.copy, work)
     state, images, labels = jax.jit(syn.end, donate_argnums=0)(state, work)
@@ -226,8 +227,8 @@ def test_kept_batch_is_the_lowest_loss_one(nets):
     state, work = syn.begin(state, jax.random.key(6), 0)
     seen, history = [], []
     for i in range(6):
-        seen.append(np.asarray(work.x) * 0.25 + 0.5)
-        work, m = syn.step(state, work, tv, sv, jax.random.key(7 + i))
+        seen.append(np.asarray(work.trainable) * 0.25 + 0.5)
+        work, m = syn.step(state, work, StepInputs(tv, sv, jax.random.key(7 + i)))
         history.append(float(m["synth/loss"]))
     _, images, _ = syn.end(state, work)
     best = int(np.argmin(history))
@@ -248,9 +249,7 @@ def test_fast_resets_its_first_layer_once(nets):
     k = np.asarray(s.params["l1"]["kernel"])
     assert not np.allclose(k, l1) and 0.015 < k.std() < 0.025
     np.testing.assert_array_equal(s.params["l1"]["bias"], 0.0)
-    np.testing.assert_array_equal(
-        work.gen.trainable["g"]["l1"]["kernel"], k
-    )  # the round starts there
+    np.testing.assert_array_equal(work.trainable["g"]["l1"]["kernel"], k)  # the round starts there
 
 
 def test_fast_meta_state_persists_and_ema_fills(nets):
@@ -344,7 +343,7 @@ def test_cmi_bank_fills_and_negatives_are_valid_rows(nets):
     assert int(state.count) == 0
     s1, *_, work = _round(nets, syn, _copy(state), jax.random.key(19), steps=2)
     assert int(s1.count) == 8 and int(s1.cursor) == 8
-    np.testing.assert_array_equal(s1.feats[:8], work.best_feats)
+    np.testing.assert_array_equal(s1.feats[:8], work.best.keep)
     assert not np.allclose(s1.feats[:8], 0) and np.allclose(s1.feats[8:], 0)
     s2, *_ = _round(nets, syn, _copy(s1), jax.random.key(20), steps=2)
     s3, *_ = _round(nets, syn, s2, jax.random.key(21), steps=2)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from configs.default import get_config
 from stars_jax import convert
 from stars_jax.models.teachers import make_teacher
-from stars_jax.synthesis import make_synthesizer
+from stars_jax.synthesis import StepInputs, make_synthesizer
 from tests.torch_reference import (
     FastGenerator,
     bn_input_hooks,
@@ -115,10 +115,12 @@ def test_fast_round_matches_pytorch(meta):
         state, work = syn.begin(state, jax.random.key(1), 0)
         work = f64(work)
         start = jax.tree.map(np.asarray, state.params)
-        z0 = torch.from_numpy(np.array(work.gen.trainable["z"]))
+        z0 = torch.from_numpy(np.array(work.trainable["z"]))
         losses = []
         for i in range(STEPS):
-            work, m = syn.step(state, work, tv, None, jax.random.key(2 + i), warmup=True)
+            work, m = syn.step(
+                state, work, StepInputs(tv, None, jax.random.key(2 + i), warmup=True)
+            )
             losses.append(float(m["synth/loss"]))
         new_state, _, _ = syn.end(state, work)
 
@@ -127,11 +129,11 @@ def test_fast_round_matches_pytorch(meta):
     labels = torch.from_numpy(np.array(work.labels)).long()
     t_losses, fast, t_z, moments = _torch_fast_round(gen, torch_teacher, z0, labels, cfg)
     np.testing.assert_allclose(losses, t_losses, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(work.gen.trainable["z"]), t_z.numpy(), atol=1e-4)
-    assert not np.allclose(np.asarray(work.gen.trainable["z"]), z0.numpy(), atol=1e-3)  # z moved
+    np.testing.assert_allclose(np.asarray(work.trainable["z"]), t_z.numpy(), atol=1e-4)
+    assert not np.allclose(np.asarray(work.trainable["z"]), z0.numpy(), atol=1e-3)  # z moved
 
     adapted = FastGenerator(NZ, NGF, SIZE, 3).double()
-    _flax_to_torch_generator(work.gen.trainable["g"], adapted)
+    _flax_to_torch_generator(work.trainable["g"], adapted)
     for (name, a), b in zip(adapted.named_parameters(), fast.parameters(), strict=True):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-4, err_msg=name)
     if meta == "fomaml":
@@ -148,10 +150,12 @@ def test_fast_round_matches_pytorch(meta):
     for (name, a), b in zip(ours.named_parameters(), meta_updated.parameters(), strict=True):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-4, err_msg=name)
         assert not np.allclose(a.detach().numpy(), _param(start, name)), name  # it moved
-    # The BN EMA starts from the last inner step's batch moments.
+    # The BN EMA starts from the last inner step's batch moments: ours in float32 after Adam
+    # steps, torch's in float64, so they agree to float32 noise grown by those steps (a wrong
+    # EMA start is off by the batch-to-batch change of the moments, O(1e-2) and up).
     for i, (m, v) in enumerate(moments):
-        np.testing.assert_allclose(new_state.ema.moments.means[i], m.numpy(), atol=1e-6)
-        np.testing.assert_allclose(new_state.ema.moments.vars[i], v.numpy(), atol=1e-6)
+        np.testing.assert_allclose(new_state.ema.moments.means[i], m.numpy(), atol=1e-5)
+        np.testing.assert_allclose(new_state.ema.moments.vars[i], v.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def _param(flax_params, torch_name):

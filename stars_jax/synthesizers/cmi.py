@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from stars_jax.bank import to_uint8
 from stars_jax.models.generators import Generator, ProjectionHead
 from stars_jax.objective import bn_channels, random_resized_crop, select_layers, teacher_bn
 from stars_jax.synthesizers.common import (
-    Best,
+    GeneratorMethod,
+    StepInputs,
     Synthesizer,
     SynthSetup,
+    Work,
     generator_adam,
-    keep_best,
-    no_best,
+    kept_batch,
     random_labels,
 )
 
@@ -31,15 +32,9 @@ class CMIState(NamedTuple):
     cursor: jax.Array  # int32: next row written
 
 
-class CMIWork(NamedTuple):
-    gen: Any  # {"g": generator params, "z": latents}
-    batch_stats: Any
-    opt: Any
-    labels: jax.Array
-    head: Any
-    head_opt: Any
-    best: Best
-    best_feats: jax.Array  # [B, 2 D] features of the best batch
+# A round's work: trainable {"g": a freshly reset generator, "z": latents}; extra: the
+# projection head and its Adam state (persistent, trained in every step); the best batch
+# keeps its (local, global) features [B, 2 D] for the bank.
 
 
 def _cmi_reset(params, key):
@@ -77,7 +72,7 @@ def contrastive_loss(project, local, glob, neg_local, neg_glob, valid, temperatu
     return jnp.mean(ce[:b]) + jnp.where(n_bank > 0, bank_term, 0.0)
 
 
-def make_cmi(s: SynthSetup) -> Synthesizer:
+def make_cmi(s: SynthSetup) -> CMI:
     """CMI (contrastive model inversion): every round a freshly initialised generator and its
     latents take ``synth.steps`` Adam steps on L_syn plus ``synth.a_cr`` times a contrastive
     term that pushes each image's teacher features (spatial means of the BN inputs of
@@ -89,28 +84,26 @@ def make_cmi(s: SynthSetup) -> Synthesizer:
     names, channels = bn_channels(s.teacher, s.image_shape)
     idx = tuple(select_layers(names, cfg.cmi_layers))
     dim = sum(channels[i] for i in idx)
-    c = _CMI(
+    gen = Generator(tuple(s.image_shape), cfg.generator_width)
+    return CMI(
         s,
-        gen=Generator(tuple(s.image_shape), cfg.generator_width),
+        method=GeneratorMethod(s, gen, generator_adam(cfg.lr), lambda tr, labels: tr["z"]),
         head=ProjectionHead(hidden=dim, out=cfg.cmi_head_dim),
         idx=idx,
         dim=dim,
         n_neg=min(cfg.cmi_negatives, cfg.cmi_bank_size),
-        gen_opt=generator_adam(cfg.lr),
         head_opt=optax.adam(cfg.lr),
     )
-    return Synthesizer(c.init, c.begin, c.step, c.end)
 
 
 @dataclasses.dataclass(frozen=True)
-class _CMI:
+class CMI(Synthesizer):
     s: SynthSetup
-    gen: Any  # the generator module
+    method: GeneratorMethod  # the generator's steps (no BN EMA)
     head: Any  # the projection head module
     idx: tuple  # the BN layers whose inputs give the features
     dim: int  # their channels, summed
     n_neg: int  # bank negatives per step
-    gen_opt: optax.GradientTransformation
     head_opt: optax.GradientTransformation
 
     def init(self, key, teacher_vars):
@@ -123,23 +116,15 @@ class _CMI:
     def begin(self, state, key, round_):
         s, cfg = self.s, self.s.cfg
         k_g, k_r, k_z, k_y = jax.random.split(key, 4)
-        v = self.gen.init(k_g, jnp.zeros((2, cfg.latent_dim)))
+        v = self.method.gen.init(k_g, jnp.zeros((2, cfg.latent_dim)))
         g = {
             "g": _cmi_reset(v["params"], k_r),
             "z": s.batch(jax.random.normal(k_z, (cfg.batch_size, cfg.latent_dim))),
         }
-        x01 = s.batch(jnp.zeros((cfg.batch_size, *s.image_shape)))
-        work = CMIWork(
-            gen=g,
-            batch_stats=v["batch_stats"],
-            opt=self.gen_opt.init(g),
-            labels=s.batch(random_labels(k_y, cfg.batch_size, s.num_classes)),
-            head=state.head,
-            head_opt=state.head_opt,
-            best=no_best(x01),
-            best_feats=s.batch(jnp.zeros((cfg.batch_size, 2 * self.dim))),
-        )
-        return state, work
+        labels = s.batch(random_labels(k_y, cfg.batch_size, s.num_classes))
+        keep = s.zeros(2 * self.dim)
+        extra = (state.head, state.head_opt)
+        return state, self.method.begin(g, v["batch_stats"], labels, keep=keep, extra=extra)
 
     def negatives(self, state, key):
         n = state.feats.shape[0]
@@ -148,58 +133,42 @@ class _CMI:
         neg = state.feats[pick]
         return neg[:, : self.dim], neg[:, self.dim :], jnp.arange(self.n_neg) < state.count
 
-    def loss(self, g, hp, work, negatives, teacher_vars, student_vars, keys, warmup, tar_ref):
-        """L_syn + a_cr * the contrastive term; aux: metrics, generator BN stats, images and
-        their (local, global) features."""
+    def contrastive_term(self, negatives, teacher_vars, key, hp, x01, aux):
+        """``a_cr`` times the contrastive term (a ``common.Term`` once the first three are
+        bound), and the batch's (local, global) features."""
         s, cfg = self.s, self.s.cfg
-        k_g, k_l = keys
-        variables = {"params": g["g"], "batch_stats": work.batch_stats}
-        x01, new_vars = self.gen.apply(variables, g["z"], mutable=["batch_stats"])
-        total, aux = s.loss(
-            x01, work.labels, teacher_vars, student_vars, k_g, warmup, tar_ref=tar_ref
-        )
         glob = instance_means(aux.bn.inputs, self.idx)
-        local_view = random_resized_crop(k_l, x01, flip=cfg.flip)
+        local_view = random_resized_crop(key, x01, flip=cfg.flip)
         _, inter = s.teacher.apply(teacher_vars, s.normalize(local_view), mutable=["intermediates"])
         local_bn = teacher_bn(inter["intermediates"], teacher_vars["batch_stats"])
         local = instance_means(local_bn.inputs, self.idx)
         project = lambda f: self.head.apply({"params": hp}, f)
         cr = contrastive_loss(project, local, glob, *negatives, cfg.cr_temperature)
         feats = jax.lax.stop_gradient(jnp.concatenate([local, glob], axis=-1))
-        metrics = {**aux.metrics, "synth/cr": cr, "synth/loss": total + cfg.a_cr * cr}
-        return total + cfg.a_cr * cr, (metrics, new_vars["batch_stats"], x01, feats)
+        return cfg.a_cr * cr, {"synth/cr": cr}, feats
 
-    def step(self, state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
-        k_g, k_l, k_n = jax.random.split(key, 3)
-        negatives = self.negatives(state, k_n)
-        grad_fn = jax.value_and_grad(self.loss, argnums=(0, 1), has_aux=True)
-        args = (work, negatives, teacher_vars, student_vars, (k_g, k_l), warmup, tar_ref)
-        (loss, (metrics, batch_stats, x01, feats)), (g_gen, g_head) = grad_fn(
-            work.gen, work.head, *args
+    def step(self, state, work: Work, inputs: StepInputs):
+        k_g, k_l, k_n = jax.random.split(inputs.key, 3)
+        term = functools.partial(
+            self.contrastive_term, self.negatives(state, k_n), inputs.teacher_vars, k_l
         )
-        up_g, opt_state = self.gen_opt.update(g_gen, work.opt, work.gen)
-        up_h, head_state = self.head_opt.update(g_head, work.head_opt, work.head)
-        better = loss < work.best.loss
-        new = CMIWork(
-            gen=optax.apply_updates(work.gen, up_g),
-            batch_stats=batch_stats,
-            opt=opt_state,
-            labels=work.labels,
-            head=optax.apply_updates(work.head, up_h),
-            head_opt=head_state,
-            best=keep_best(work.best, loss, x01),
-            best_feats=jnp.where(better, feats, work.best_feats),
+        head, head_opt = work.extra
+        new, (_, g_head), metrics = self.method.step(
+            work, inputs, term=term, term_params=head, key=k_g
         )
-        return new, metrics
+        up_h, head_opt = self.head_opt.update(g_head, head_opt, head)
+        return new._replace(extra=(optax.apply_updates(head, up_h), head_opt)), metrics
 
-    def end(self, state, work):
-        n, b = state.feats.shape[0], work.best_feats.shape[0]
+    def end(self, state, work: Work):
+        feats = work.best.keep
+        n, b = state.feats.shape[0], feats.shape[0]
         rows = (state.cursor + jnp.arange(b)) % n
+        head, head_opt = work.extra
         new_state = CMIState(
-            work.head,
-            work.head_opt,
-            state.feats.at[rows].set(work.best_feats),
+            head,
+            head_opt,
+            state.feats.at[rows].set(feats),
             jnp.minimum(state.count + b, n),
             (state.cursor + b) % n,
         )
-        return new_state, to_uint8(work.best.x01), work.labels
+        return new_state, *kept_batch(work)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from stars_jax.bank import to_uint8
 from stars_jax.models.generators import Generator
 from stars_jax.synthesizers.common import (
     EMA,
     GeneratorMethod,
-    GeneratorWork,
+    StepInputs,
     Synthesizer,
     SynthSetup,
+    Work,
     ema_update,
     generator_adam,
     init_ema,
+    kept_batch,
     random_labels,
 )
 
@@ -30,18 +32,8 @@ class FastState(NamedTuple):
     ema: EMA | None
 
 
-class FastWork(NamedTuple):
-    gen: GeneratorWork  # trainable: {"g": the round's copy of the generator, "z": latents}
-    meta_grad: Any  # first-order MAML: the sum of the inner steps' generator gradients
-
-    # What every synthesizer's work exposes: the labels and the kept batch.
-    @property
-    def labels(self):
-        return self.gen.labels
-
-    @property
-    def best(self):
-        return self.gen.best
+# A round's work: trainable {"g": the round's copy of the generator, "z": latents}; extra:
+# first-order MAML's sum of the inner steps' generator gradients (None for Reptile).
 
 
 def _reset_l1(gen_params, key):
@@ -54,11 +46,7 @@ def _reset_l1(gen_params, key):
     return {**gen_params, "l1": fresh}
 
 
-def _accumulate(total, g):
-    return None if total is None else jax.tree.map(jnp.add, total, g)
-
-
-def make_fast(s: SynthSetup) -> Synthesizer:
+def make_fast(s: SynthSetup) -> Fast:
     """Fast DFKD (``fast_meta.py``): every round a copy of the persistent generator and fresh
     N(0, 1) latents take ``synth.steps`` joint Adam steps; then the persistent generator takes
     one meta step: first-order MAML (``synth.meta='fomaml'``, the reference default: the sum
@@ -71,16 +59,25 @@ def make_fast(s: SynthSetup) -> Synthesizer:
     inner = optax.multi_transform(
         {"g": generator_adam(cfg.lr), "z": generator_adam(cfg.lr_z)}, {"g": "g", "z": "z"}
     )
-    method = GeneratorMethod(s, gen, inner, lambda tr, labels: tr["z"])
-    meta = generator_adam(cfg.lr * cfg.steps)
-    z0 = jnp.zeros((2, cfg.latent_dim))
+    method = GeneratorMethod(s, gen, inner, lambda tr, labels: tr["z"], bn_ema=cfg.bn_ema)
+    return Fast(s, method, generator_adam(cfg.lr * cfg.steps), fomaml=cfg.meta == "fomaml")
 
-    def init(key, teacher_vars):
-        variables = gen.init(key, z0)
+
+@dataclasses.dataclass(frozen=True)
+class Fast(Synthesizer):
+    s: SynthSetup
+    method: GeneratorMethod  # the inner steps
+    meta: optax.GradientTransformation  # the meta update's Adam
+    fomaml: bool  # first-order MAML (else Reptile)
+
+    def init(self, key, teacher_vars):
+        variables = self.method.gen.init(key, jnp.zeros((2, self.s.cfg.latent_dim)))
         params = variables["params"]
-        return FastState(params, variables["batch_stats"], meta.init(params), init_ema(s))
+        ema = init_ema(self.s, self.method.bn_ema)
+        return FastState(params, variables["batch_stats"], self.meta.init(params), ema)
 
-    def begin(state, key, round_):
+    def begin(self, state, key, round_):
+        s, cfg = self.s, self.s.cfg
         k_z, k_y, k_l0 = jax.random.split(key, 3)
         params = state.params
         if cfg.reset_l0_round:
@@ -90,28 +87,27 @@ def make_fast(s: SynthSetup) -> Synthesizer:
             )
         z = s.batch(jax.random.normal(k_z, (cfg.batch_size, cfg.latent_dim)))
         labels = s.batch(random_labels(k_y, cfg.batch_size, s.num_classes))
-        work = method.begin({"g": params, "z": z}, state.batch_stats, labels)
-        meta_grad = jax.tree.map(jnp.zeros_like, params) if cfg.meta == "fomaml" else None
-        return state._replace(params=params), FastWork(work, meta_grad)
+        summed = jax.tree.map(jnp.zeros_like, params) if self.fomaml else None
+        work = self.method.begin({"g": params, "z": z}, state.batch_stats, labels, extra=summed)
+        return state._replace(params=params), work
 
-    def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
-        args = (state.ema, teacher_vars, student_vars, key, warmup, tar_ref)
-        gen_work, grads, metrics = method.step(work.gen, *args)
-        return FastWork(gen_work, _accumulate(work.meta_grad, grads["g"])), metrics
+    def step(self, state, work: Work, inputs: StepInputs):
+        new, (grads, _), metrics = self.method.step(work, inputs, ema=state.ema)
+        if self.fomaml:
+            new = new._replace(extra=jax.tree.map(jnp.add, work.extra, grads["g"]))
+        return new, metrics
 
-    def end(state, work):
-        start, adapted = state.params, work.gen.trainable["g"]
-        if cfg.meta == "fomaml":
-            meta_grad = work.meta_grad
+    def end(self, state, work: Work):
+        start, adapted = state.params, work.trainable["g"]
+        if self.fomaml:
+            meta_grad = work.extra
         else:  # Reptile: the meta "gradient" points from the adapted copy back to the start.
             meta_grad = jax.tree.map(jnp.subtract, start, adapted)
-        updates, meta_opt = meta.update(meta_grad, state.meta_opt, start)
+        updates, meta_opt = self.meta.update(meta_grad, state.meta_opt, start)
         new_state = FastState(
             optax.apply_updates(start, updates),
-            work.gen.batch_stats,
+            work.batch_stats,
             meta_opt,
-            ema_update(state.ema, work.gen.moments, cfg.bn_ema),
+            ema_update(state.ema, work.moments, self.method.bn_ema),
         )
-        return new_state, to_uint8(work.gen.best.x01), work.gen.labels
-
-    return Synthesizer(init, begin, step, end)
+        return new_state, *kept_batch(work)

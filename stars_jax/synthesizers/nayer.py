@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from stars_jax.bank import to_uint8
 from stars_jax.models.generators import NoisyLayerGenerator
 from stars_jax.synthesizers.common import (
     EMA,
     GeneratorMethod,
+    StepInputs,
     Synthesizer,
     SynthSetup,
+    Work,
     balanced_labels,
     ema_update,
     generator_adam,
     init_ema,
+    kept_batch,
 )
 
 
@@ -29,8 +32,7 @@ class NayerState(NamedTuple):
     ema: EMA | None
 
 
-# A round's work is a common.GeneratorWork whose trainable is
-# {"g": generator params, "e": label embeddings}.
+# A round's work: trainable {"g": generator params, "e": label embeddings}; no extra.
 
 
 def _pick(again, fresh, params, batch_stats):
@@ -49,7 +51,7 @@ def _redraw_noise(params, key):
     }
 
 
-def make_nayer(s: SynthSetup) -> Synthesizer:
+def make_nayer(s: SynthSetup) -> Nayer:
     """NAYER (CVPR 2024): a class-conditional generator. Each sample's input is its label's
     embedding, through a BatchNorm and a "noisy layer" (a Linear re-drawn from N(0, 1) every
     round, one per chunk of ``num_classes`` samples) into Fast's generator body. The generator
@@ -70,38 +72,48 @@ def make_nayer(s: SynthSetup) -> Synthesizer:
     )
     embed_opt = generator_adam(cfg.lr) if cfg.embed == "learned" else optax.set_to_zero()
     opt = optax.multi_transform({"g": generator_adam(cfg.lr), "e": embed_opt}, {"g": "g", "e": "e"})
-    e0 = jnp.zeros((cfg.batch_size, cfg.embed_dim))
-    method = GeneratorMethod(s, gen, opt, lambda tr, labels: s.batch(tr["e"][labels]))
+    gen_input = lambda tr, labels: s.batch(tr["e"][labels])
+    return Nayer(s, GeneratorMethod(s, gen, opt, gen_input, bn_ema=cfg.bn_ema))
 
-    def init(key, teacher_vars):
+
+@dataclasses.dataclass(frozen=True)
+class Nayer(Synthesizer):
+    s: SynthSetup
+    method: GeneratorMethod
+
+    def _fresh(self, key):
+        """A freshly initialised generator's variables."""
+        return self.method.gen.init(key, jnp.zeros((self.s.cfg.batch_size, self.s.cfg.embed_dim)))
+
+    def init(self, key, teacher_vars):
         k_g, k_e = jax.random.split(key)
-        v = gen.init(k_g, e0)
-        embed = jax.random.normal(k_e, (s.num_classes, cfg.embed_dim))
-        return NayerState(v["params"], v["batch_stats"], embed, init_ema(s))
+        v = self._fresh(k_g)
+        embed = jax.random.normal(k_e, (self.s.num_classes, self.s.cfg.embed_dim))
+        return NayerState(
+            v["params"], v["batch_stats"], embed, init_ema(self.s, self.method.bn_ema)
+        )
 
-    def begin(state, key, round_):
+    def begin(self, state, key, round_):
+        s, cfg = self.s, self.s.cfg
         k_g, k_n, k_y = jax.random.split(key, 3)
         params, batch_stats = state.params, state.batch_stats
         if cfg.reinit_every:
             again = round_ % cfg.reinit_every == 0
-            params, batch_stats = _pick(again, gen.init(k_g, e0), params, batch_stats)
+            params, batch_stats = _pick(again, self._fresh(k_g), params, batch_stats)
         params = _redraw_noise(params, k_n)
         labels = s.batch(balanced_labels(k_y, cfg.batch_size, s.num_classes))
-        work = method.begin({"g": params, "e": state.embed}, batch_stats, labels)
+        work = self.method.begin({"g": params, "e": state.embed}, batch_stats, labels)
         return state._replace(params=params, batch_stats=batch_stats), work
 
-    def step(state, work, teacher_vars, student_vars, key, warmup=False, tar_ref=None):
-        args = (state.ema, teacher_vars, student_vars, key, warmup, tar_ref)
-        work, _, metrics = method.step(work, *args)
+    def step(self, state, work: Work, inputs: StepInputs):
+        work, _, metrics = self.method.step(work, inputs, ema=state.ema)
         return work, metrics
 
-    def end(state, work):
+    def end(self, state, work: Work):
         new_state = NayerState(
             work.trainable["g"],
             work.batch_stats,
             work.trainable["e"],
-            ema_update(state.ema, work.moments, cfg.bn_ema),
+            ema_update(state.ema, work.moments, self.method.bn_ema),
         )
-        return new_state, to_uint8(work.best.x01), work.labels
-
-    return Synthesizer(init, begin, step, end)
+        return new_state, *kept_batch(work)
