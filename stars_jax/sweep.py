@@ -14,12 +14,12 @@ the variants of one seed side by side, so that paired runs share the machine's l
 ``sweep.json`` and ``sweep.md`` then give, per variant, mean, standard deviation and n of the
 metric (``--metric``, a dotted path into summary.json) and the paired difference to the
 reference variant (``--reference``, default the first) over the seeds both finished, with a
-95 % Student-t confidence interval.
+95 % Student-t confidence interval, the paired t-test's p-value, its Holm correction over the
+sweep's comparisons and the minimum effect detectable at 80 % power (``stars_jax.stats``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -32,7 +32,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from absl import flags
+from ml_collections import config_flags
+
+from stars_jax import cli, errors, validate
+from stars_jax.errors import ConfigError
+from stars_jax.stats import holm, interval, min_detectable_effect, paired_p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,16 +155,6 @@ def finished_metric(rdir: Path, metric: str) -> float | None:
     return read_metric(json.loads(path.read_text()), metric) if path.exists() else None
 
 
-def interval(x: np.ndarray, level=0.95) -> tuple[float, float, float]:
-    """Mean of x and its two-sided Student-t confidence interval (nan bounds for n < 2)."""
-    x = np.asarray(x, np.float64)
-    mean = float(x.mean()) if x.size else float("nan")
-    if x.size < 2:
-        return mean, float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
-    return mean, mean - half, mean + half
-
-
 def summarize(results: dict[str, dict[int, float]], reference: str) -> list[dict]:
     """Per variant: n, mean, std and the paired difference to ``reference`` over shared seeds."""
     rows, ref = [], results.get(reference, {})
@@ -176,14 +171,21 @@ def summarize(results: dict[str, dict[int, float]], reference: str) -> list[dict
         if name != reference and shared:
             d = np.array([by_seed[s] - ref[s] for s in shared])
             mean, lo, hi = interval(d)
+            sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
             row["paired"] = {
                 "n": len(d),
                 "mean": mean,
                 "ci95": [lo, hi],
+                "sd": sd,
+                "p": paired_p(d),
+                "mde80": min_detectable_effect(sd, len(d)),
                 "wins": int((d > 0).sum()),
                 "seeds": shared,
             }
         rows.append(row)
+    paired = [r["paired"] for r in rows if "paired" in r]
+    for p, adjusted in zip(paired, holm([p["p"] for p in paired]), strict=True):
+        p["p_holm"] = adjusted
     return rows
 
 
@@ -196,10 +198,12 @@ def markdown(rows: list[dict], reference: str, metric: str, header: str) -> str:
         header,
         "",
         f"Metric `{metric}`; paired differences against `{reference}` over the "
-        "seeds both finished, with 95 % Student-t intervals.",
+        "seeds both finished, with 95 % Student-t intervals; p: the paired t-test's, Holm: "
+        "Holm-corrected over this table's comparisons; MDE: the smallest true difference the "
+        "test detects with 80 % power at the observed paired SD (alpha 0.05, two-sided).",
         "",
-        "| variant | n | mean | std | paired diff | 95 % CI | wins |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | n | mean | std | paired diff | 95 % CI | p | Holm | MDE | wins |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         p = r.get("paired")
@@ -207,10 +211,14 @@ def markdown(rows: list[dict], reference: str, metric: str, header: str) -> str:
             diff = (
                 _fmt(p["mean"]),
                 f"[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]",
+                _fmt(p["p"], 3),
+                _fmt(p["p_holm"], 3),
+                _fmt(p["mde80"]),
                 f"{p['wins']}/{p['n']}",
             )
         else:
-            diff = ("(reference)" if r["variant"] == reference else "no shared seeds", "", "")
+            first = "(reference)" if r["variant"] == reference else "no shared seeds"
+            diff = (first, "", "", "", "", "")
         lines.append(
             f"| {r['variant']} | {r['n']} | {_fmt(r['mean'])} | {_fmt(r['std'])} | "
             f"{' | '.join(diff)} |"
@@ -332,35 +340,102 @@ def run_sweep(args, shared: list[str]) -> int:
     return 1 if failed else 0
 
 
+PROG = "python -m stars_jax.sweep"
+USAGE = (
+    f"{PROG} --config FILE[:ARG] --workdir DIR [--variant NAME:KEY=V,...] "
+    "[--grid KEY=V1,V2,...] [--seeds 0-7] [--parallel N] [--config.KEY=VALUE ...]"
+)
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    def define(kind, name, default, help_):
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_, flag_values=fv)
+
+    define("string", "config", None, "Config file, e.g. configs/default.py[:ARG].")
+    define("string", "workdir", None, "Sweep directory (runs/, sweep.json, sweep.md).")
+    define("multi_string", "variant", [], "NAME:KEY=V,KEY=V,... (repeatable).")
+    define("multi_string", "grid", [], "KEY=V1,V2,... (repeatable; the axes are crossed).")
+    define("string", "seeds", "0-7", "e.g. '0-7' or '0,3,5'.")
+    define("integer", "parallel", 1, "Runs at a time.")
+    define("string", "reference", "", "Variant to pair against (default: the first).")
+    define("string", "metric", "student.top1", "Dotted path into summary.json.")
+    define("string", "module", "stars_jax.main", "The job each run is (tests use a fake).")
+    define("bool", "debug", False, cli.DEBUG_HELP)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+
+
 def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(
-        prog="python -m stars_jax.sweep",
-        description=__doc__.split("\n\n")[0],
-        epilog="Every --config.KEY=VALUE is passed to all runs.",
-    )
-    p.add_argument("--config", required=True, help="Config file, e.g. configs/default.py[:ARG].")
-    p.add_argument("--workdir", required=True, help="Sweep directory (runs/, sweep.json/md).")
-    p.add_argument("--variant", action="append", default=[], help="NAME:KEY=V,KEY=V,...")
-    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (crossed).")
-    p.add_argument("--seeds", default="0-7", help="e.g. '0-7' or '0,3,5' (default 0-7).")
-    p.add_argument("--parallel", type=int, default=1, help="Runs at a time (default 1).")
-    p.add_argument("--reference", default="", help="Variant to pair against (default: first).")
-    p.add_argument("--metric", default="student.top1", help="Dotted path into summary.json.")
-    p.add_argument("--module", default="stars_jax.main", help=argparse.SUPPRESS)  # tests
-    args, rest = p.parse_known_args(argv)
-    bad = [a for a in rest if not (a.startswith("--config.") and "=" in a)]
-    if bad:
-        p.error(f"unknown arguments {bad}; only --config.KEY=VALUE overrides pass through.")
-    return args, rest
+    """``(flags, shared)``: the sweep's own flags and the ``--config.KEY=VALUE`` overrides
+    that pass through to every run. A bad command line raises ``ConfigError``."""
+    argv = list(argv)
+    loose = [a for a in argv if a.startswith("--config.") and "=" not in a]
+    if loose:
+        raise ConfigError(
+            f"{loose[0]}: write overrides as --config.KEY=VALUE (one argument), as the "
+            "sweep passes them through to every run."
+        )
+    shared = [a for a in argv if a.startswith("--config.")]
+    own = [a for a in argv if not a.startswith("--config.")]
+    return cli.parse(define_flags, own, PROG), shared
+
+
+def check_runs_config(args, shared: list[str], variants: list[Variant]) -> None:
+    """Each variant's config as its runs will load it (file, shared and own overrides),
+    checked once before the first run starts: a bad key or value is one error now, not a
+    failure in every run."""
+    path = args.config.partition(":")[0]
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"The config file {path!r} does not exist (from {Path.cwd()}); give a path such as "
+            "configs/default.py, relative to the directory the sweep runs in."
+        )
+    for v in variants:
+        over = [*shared, *(f"--config.{k}={x}" for k, x in v.overrides)]
+        argv = [PROG, f"--config={args.config}", *over]
+        fv = flags.FlagValues()  # the overrides are read from sys_argv when the file loads
+        config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+        try:
+            fv(argv)
+        except Exception as err:  # flags.Error, and what ml_collections raises for a bad key
+            raise ConfigError(f"Variant {v.name!r}: {cli.flag_error_message(argv, err)}") from err
+        try:
+            validate.check_config(fv.config)
+        except ConfigError as err:
+            raise ConfigError(f"Variant {v.name!r}: {err}") from err
+
+
+def _fail(err: Exception, debug: bool, usage=False) -> int:
+    if debug:
+        raise err
+    print(f"{PROG}: {err}", file=sys.stderr)
+    if usage:
+        print(f"Usage: {USAGE}  (--helpfull lists every flag)", file=sys.stderr)
+    return 2
+
+
+def _help() -> int:
+    fv = flags.FlagValues()
+    define_flags(fv)
+    print(f"{__doc__.split(chr(10) * 2)[0]}\n\nUsage: {USAGE}\n\n{fv.get_help()}")
+    print("Every --config.KEY=VALUE is passed to all runs.")
+    return 0
 
 
 def main(argv=None) -> int:
-    args, shared = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if {"--help", "-h", "--helpfull"} & set(argv):
+        return _help()
+    debug = errors.debug_requested(argv)
     try:
+        args, shared = parse_args(argv)
+    except ConfigError as e:
+        return _fail(e, debug, usage=True)
+    try:
+        if args.module == "stars_jax.main":  # a fake job (tests) reads no config
+            check_runs_config(args, shared, _plan(args)[0])
         return run_sweep(args, shared)
-    except (ValueError, KeyError) as e:
-        print(f"stars_jax.sweep: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, ValueError, KeyError) as e:
+        return _fail(e, debug)
 
 
 if __name__ == "__main__":

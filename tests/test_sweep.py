@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stars_jax import stats as stats_lib
 from stars_jax import sweep
+from stars_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +68,15 @@ def test_parsing_and_its_errors():
         "b,synth.l_tar=1",
     ]
     assert two[3].overrides == (("x.y", "1"), ("synth.l_tar", "1"))
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="one argument"):
         sweep.parse_args(["--config", "c.py", "--workdir", "w", "--config.a.b", "1"])
+    args, shared = sweep.parse_args(["--config=c.py", "--workdir", "w", "--config.a.b=1"])
+    assert (args.config, args.workdir, args.seeds, shared) == (
+        "c.py",
+        "w",
+        "0-7",
+        ["--config.a.b=1"],
+    )
 
 
 def test_paired_interval_closed_form():
@@ -132,8 +141,9 @@ def test_sweep_runs_skips_and_retries(tmp_path, monkeypatch, capsys):
     assert len(calls.splitlines()) == 1  # not rerun
     rows = {r["variant"]: r for r in json.loads((work / "sweep.json").read_text())["results"]}
     assert rows["plus,x.fail=1"]["paired"]["n"] == 3 and (work / "sweep.md").exists()
-    with pytest.raises(SystemExit):
-        sweep.main(["--config", "c", "--workdir", "w", "--bogus"])
+    default = str(ROOT / "configs/default.py")
+    assert sweep.main(["--config", default, "--workdir", "w", "--bogus"]) == 2
+    assert "Unknown command line flag 'bogus'" in capsys.readouterr().err
     assert sweep.main([*argv[:4], "--reference", "nope"]) == 2
     assert "not a variant" in capsys.readouterr().err
 
@@ -160,3 +170,39 @@ def test_one_real_tiny_run(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "sw" / "runs" / "run" / "seed0" / "summary.json").read_text())
     assert row["variant"] == "run" and row["values"] == {"0": summary["student"]["top1"]}
     assert summary["seed"] == 0 and summary["rounds"] == 2
+
+
+def test_bad_config_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    work = tmp_path / "sw"
+    base = ["--config", "configs/default.py", "--workdir", str(work), "--seeds", "0-1"]
+    cases = [
+        (["--config.distill.lrr=1"], "Unknown config key 'distill.lrr'"),
+        (["--variant", "a:", "--variant", "b:synth.l_tar=-1"], "Variant 'b'"),
+        (["--variant", "a:synth.l_tar=x"], "could not convert"),
+    ]
+    for extra, message in cases:
+        assert sweep.main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert sweep.main(["--config", "configs/nope.py", "--workdir", str(work)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not work.exists()  # no run started, no sweep.md with n = 0
+
+
+def test_report_has_holm_and_power():
+    a = {s: 70.0 + s for s in range(6)}
+    gain_b = [0.9, 1.1, 1.0, 1.2, 0.8, 1.0]  # clearly ahead
+    gain_c = [0.5, -0.5, 0.3, -0.2, 0.1, -0.3]  # level
+    results = {"a": a}
+    for name, gain in (("b", gain_b), ("c", gain_c)):
+        results[name] = {s: a[s] + g for s, g in enumerate(gain)}
+    rows = sweep.summarize(results, "a")
+    b, c = rows[1]["paired"], rows[2]["paired"]
+    p_b, p_c = stats_lib.paired_p(gain_b), stats_lib.paired_p(gain_c)
+    assert b["p"] == pytest.approx(p_b) and c["p"] == pytest.approx(p_c) and p_b < p_c
+    # Holm over 2 comparisons: the smaller p times 2, the larger times 1 (never below it).
+    assert b["p_holm"] == pytest.approx(2 * p_b) and c["p_holm"] == pytest.approx(max(2 * p_b, p_c))
+    mde = stats_lib.min_detectable_effect(np.std(gain_b, ddof=1), 6)
+    assert b["mde80"] == pytest.approx(mde) and b["sd"] == pytest.approx(np.std(gain_b, ddof=1))
+    md = sweep.markdown(rows, "a", "student.top1", "# t")
+    assert "| p | Holm | MDE |" in md and f"| {2 * p_b:.3f} | {mde:.2f} |" in md
