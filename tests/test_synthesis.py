@@ -237,19 +237,24 @@ def test_kept_batch_is_the_lowest_loss_one(nets):
     np.testing.assert_array_equal(images, want)
 
 
-def test_fast_resets_its_first_layer_once(nets):
+def test_fast_resets_its_first_layer_and_bn_once(nets):
     _, tv, _, _ = nets
     syn = _synth(nets, _cfg("fast", reset_l0_round=3))
     state = syn.init(jax.random.key(8), tv)
-    l1 = np.asarray(state.params["l1"]["kernel"])
+    params = jax.tree.map(np.asarray, state.params)
     for round_ in (0, 1, 3):  # rounds 1, 2 and 4 (1-based): untouched
         s, _ = syn.begin(state, jax.random.key(9), round_)
-        np.testing.assert_array_equal(s.params["l1"]["kernel"], l1)
-    s, work = syn.begin(state, jax.random.key(9), 2)  # round 3: N(0, 0.02), bias 0
-    k = np.asarray(s.params["l1"]["kernel"])
-    assert not np.allclose(k, l1) and 0.015 < k.std() < 0.025
-    np.testing.assert_array_equal(s.params["l1"]["bias"], 0.0)
-    np.testing.assert_array_equal(work.trainable["g"]["l1"]["kernel"], k)  # the round starts there
+        jax.tree.map(np.testing.assert_array_equal, s.params, params)
+    s, work = syn.begin(state, jax.random.key(9), 2)  # round 3: as the reference's reset_l0
+    for layer, w in (("l1", "kernel"), ("bn0", "scale")):  # weights N(0, 0.02), biases 0
+        k = np.asarray(s.params[layer][w])
+        assert not np.allclose(k, params[layer][w]) and 0.01 < k.std() < 0.03, layer
+        assert abs(k.mean()) < 0.01, layer  # the BN's scale no longer near 1
+        np.testing.assert_array_equal(s.params[layer]["bias"], 0.0)
+    for layer in set(params) - {"l1", "bn0"}:  # the rest of the generator stays
+        jax.tree.map(np.testing.assert_array_equal, s.params[layer], params[layer])
+    jax.tree.map(np.testing.assert_array_equal, s.batch_stats, state.batch_stats)
+    np.testing.assert_array_equal(work.trainable["g"]["bn0"]["scale"], s.params["bn0"]["scale"])
 
 
 def test_fast_meta_state_persists_and_ema_fills(nets):

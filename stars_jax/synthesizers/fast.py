@@ -36,14 +36,17 @@ class FastState(NamedTuple):
 # first-order MAML's sum of the inner steps' generator gradients (None for Reptile).
 
 
-def _reset_l1(gen_params, key):
-    """Fast's ``reset_l0``: the first Linear re-drawn from N(0, 0.02), bias 0."""
-    l1 = gen_params["l1"]
-    fresh = {
-        "kernel": 0.02 * jax.random.normal(key, l1["kernel"].shape),
-        "bias": jnp.zeros_like(l1["bias"]),
+def _reset_l0(gen_params, key):
+    """Fast's ``reset_l0``: the first Linear and the BatchNorm after it (the reference's
+    ``l1.0`` and ``conv_blocks.0``) re-drawn, weights from N(0, 0.02) (the BN's scale too,
+    so it starts near 0, not 1), biases 0. Its running statistics stay."""
+    k_l1, k_bn = jax.random.split(key)
+    redraw = lambda k, layer, w: {
+        w: 0.02 * jax.random.normal(k, layer[w].shape),
+        "bias": jnp.zeros_like(layer["bias"]),
     }
-    return {**gen_params, "l1": fresh}
+    l1 = redraw(k_l1, gen_params["l1"], "kernel")
+    return {**gen_params, "l1": l1, "bn0": redraw(k_bn, gen_params["bn0"], "scale")}
 
 
 def make_fast(s: SynthSetup) -> Fast:
@@ -51,7 +54,8 @@ def make_fast(s: SynthSetup) -> Fast:
     N(0, 1) latents take ``synth.steps`` joint Adam steps; then the persistent generator takes
     one meta step: first-order MAML (``synth.meta='fomaml'``, the reference default: the sum
     of the inner gradients) or Reptile (``'reptile'``: towards the adapted copy), with Adam at
-    ``lr * steps``. ``synth.reset_l0_round`` re-draws the first layer once, before that round."""
+    ``lr * steps``. ``synth.reset_l0_round`` re-draws the first layer and its BN once,
+    before that round."""
     cfg = s.cfg
     if cfg.meta not in ("fomaml", "reptile"):
         raise ValueError(f"synth.meta must be 'fomaml' or 'reptile', got {cfg.meta!r}.")
@@ -83,7 +87,7 @@ class Fast(Synthesizer):
         if cfg.reset_l0_round:
             reset = round_ + 1 == cfg.reset_l0_round
             params = jax.tree.map(
-                lambda a, b: jnp.where(reset, a, b), _reset_l1(params, k_l0), params
+                lambda a, b: jnp.where(reset, a, b), _reset_l0(params, k_l0), params
             )
         z = s.batch(jax.random.normal(k_z, (cfg.batch_size, cfg.latent_dim)))
         labels = s.batch(random_labels(k_y, cfg.batch_size, s.num_classes))
