@@ -8,7 +8,10 @@ Each subclasses the builtin a caller would catch without knowing this module (``
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -40,9 +43,53 @@ class WorkdirError(UserError, RuntimeError):
 
 
 class Interrupted(UserError):
-    """Ctrl-C during a run; the message says where the run can resume from."""
+    """Ctrl-C (or SIGTERM: a timeout, SLURM, kill) during a run; the message says where the
+    run can resume from. Exit status 128 + the signal's number, as the shell reports it."""
 
     exit_code = 130
+
+
+class DiskFullError(UserError, OSError):
+    """No space left where the job writes."""
+
+
+def disk_full_message(where, err: OSError) -> str:
+    return (
+        f"No space left on the device while writing {where} ({err.strerror or err}). Nothing "
+        "written before is lost: free space (or use a --workdir on another disk), then rerun "
+        "the same command to start or resume."
+    )
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+_signal_received: list[int] = []
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises ``KeyboardInterrupt`` while inside (main thread only), so a job that
+    is told to stop saves nothing half-done and says how to resume, as after Ctrl-C."""
+
+    def handler(signum, frame):
+        _signal_received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_status() -> int:
+    return 128 + (_signal_received[-1] if _signal_received else signal.SIGINT)
 
 
 def debug_requested(argv=None) -> bool:
@@ -52,20 +99,27 @@ def debug_requested(argv=None) -> bool:
 
 def report_user_errors(fn: Callable[[], object], debug: bool) -> object:
     """Runs ``fn``; a ``UserError`` ends the process with its message on stderr and exit
-    status 2, a traceback only when ``debug``. Ctrl-C ends with status 130 and one line."""
+        status 2, a traceback only when ``debug``; so does a full disk. Ctrl-C and SIGTERM end with
+    status 130 and 143 and one line (a run's own message says how to resume)."""
     try:
-        return fn()
+        with sigterm_as_interrupt():
+            return fn()
     except UserError as err:
         if debug:
             raise
         if isinstance(err, Interrupted):
             print(err, file=sys.stderr)
-        else:
-            print(f"error: {err}", file=sys.stderr)
-            print("(rerun with --debug or STARS_JAX_DEBUG=1 for the traceback)", file=sys.stderr)
+            raise SystemExit(_interrupt_status()) from None
+        print(f"error: {err}", file=sys.stderr)
+        print("(rerun with --debug or STARS_JAX_DEBUG=1 for the traceback)", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:
         if debug:
             raise
         print("interrupted.", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(_interrupt_status()) from None
+    except OSError as err:
+        if debug or not is_disk_full(err):
+            raise
+        print(f"error: {disk_full_message(err.filename or 'its files', err)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -19,7 +19,7 @@ import socket
 import time
 
 from stars_jax import metrics as metrics_lib
-from stars_jax.errors import WorkdirError
+from stars_jax.errors import DiskFullError, WorkdirError, disk_full_message, is_disk_full
 from stars_jax.validate import flatten
 
 Path = metrics_lib.Path
@@ -123,9 +123,27 @@ def _take(path: Path) -> bool:
         fd = os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(holder, f)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(disk_full_message(path, err)) from err
+        raise
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(holder, f)
+    except OSError as err:  # a lock we could not finish writing must not block later runs
+        path.unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise DiskFullError(disk_full_message(path, err)) from err
+        raise
     return True
+
+
+def _stale(holder: dict) -> bool:
+    """A lock nobody holds: unreadable or empty (its writer died mid-write), or left by a
+    process of this host that no longer runs."""
+    if not holder.get("pid"):
+        return True
+    return holder.get("host") == socket.gethostname() and not _alive(int(holder["pid"]))
 
 
 @contextlib.contextmanager
@@ -142,8 +160,10 @@ def lock(workdir: Path, enabled: bool = True):
             holder = json.loads(path.read_text())
         except (OSError, ValueError):
             holder = {}
-        if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1))):
-            print(f"Removing a stale lock of process {holder.get('pid')} (no longer running).")
+        holder = holder if isinstance(holder, dict) else {}
+        if _stale(holder):
+            who = f"of process {holder['pid']} (no longer running)" if holder else "(empty)"
+            print(f"Removing a stale lock {who}: {path}.")
             path.unlink(missing_ok=True)
         if not _take(path):
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("since", 0)))

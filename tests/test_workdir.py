@@ -1,6 +1,9 @@
 """A workdir that cannot be corrupted, and inputs checked before any work (issue 12)."""
 
+import errno
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -103,6 +106,65 @@ def test_lock_refuses_a_second_job_and_takes_over_a_stale_lock(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps(stale))
     with workdir_lib.lock(tmp_path):
         assert json.loads((tmp_path / ".lock").read_text())["pid"] != dead.pid
+
+
+def test_an_empty_or_unreadable_lock_is_stale(tmp_path, capsys):
+    for content in ("", "{not json", "[]"):  # a writer that died mid-write, or garbage
+        (tmp_path / ".lock").write_text(content)
+        with workdir_lib.lock(tmp_path):
+            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        assert "Removing a stale lock (empty)" in capsys.readouterr().out
+
+
+def test_a_full_disk_at_start_is_one_error_and_leaves_no_lock(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(workdir_lib.json, "dump", full)  # the lock's write fails
+    with pytest.raises(errors.DiskFullError, match="No space left.*rerun the same command"):
+        with workdir_lib.lock(tmp_path):
+            pass
+    assert not (tmp_path / ".lock").exists()  # so the next run is not refused
+
+
+def test_a_full_disk_anywhere_is_one_paragraph_with_exit_2(capsys):
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device", "/w/config.json")
+
+    with pytest.raises(SystemExit) as done:
+        errors.report_user_errors(write, debug=False)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "/w/config.json" in err and "Traceback" not in err
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from stars_jax import errors
+
+def run():
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    except KeyboardInterrupt:  # as the round loop does
+        raise errors.Interrupted("Interrupted in round 3; rerun the same command to resume.")
+
+errors.report_user_errors(run, debug=False)
+"""
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_resume_message():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "rerun the same command to resume" in err and "Traceback" not in err
 
 
 # --- the run fingerprint ------------------------------------------------------------------
