@@ -58,8 +58,22 @@ def _unknown_config_key(argv) -> str | None:
     return None
 
 
+def check_config_path(argv) -> None:
+    """A ``--config`` file that does not exist, as one line (ml_collections reports it lazily,
+    as a chain of tracebacks from wherever the config is first read)."""
+    found = _config_file(argv)
+    if found and not os.path.isfile(found[0]):
+        raise errors.ConfigError(
+            f"The config file {found[0]!r} does not exist (looked from {os.getcwd()}); give "
+            "a path to a file such as configs/default.py, with its argument after a colon "
+            "where it takes one (configs/tiny.py:/path/to/images)."
+        )
+
+
 def flag_error_message(argv, err: Exception) -> str:
     """One line for a command line the flags cannot parse."""
+    if isinstance(err, errors.ConfigError):
+        return str(err)
     return _unknown_config_key(argv) or (str(err).splitlines() or [type(err).__name__])[0]
 
 
@@ -87,6 +101,7 @@ def parse_or_exit(argv: list[str], usage: str) -> list[str]:
     """absl's global flags from ``argv``; a bad command line prints one line (and the usage)
     and exits with status 2 unless ``--debug``; ``--help``/``--helpfull`` exit with 0."""
     try:
+        check_config_path(argv)
         rest = flags.FLAGS(argv)
         _check_no_args(rest)
         return rest

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from collections.abc import Callable
 
-from stars_jax.errors import ConfigError
+from stars_jax.errors import ConfigError, UserError
 
 # A rule: value -> None if valid, else what a valid value is.
 Rule = Callable[[object], str | None]
@@ -257,3 +258,61 @@ def unknown_key_hint(key: str, known) -> str:
 
 def unknown_key_message(key: str, config) -> str:
     return f"Unknown config key {key!r}; {unknown_key_hint(key, flatten(config))}."
+
+
+# --- python -m stars_jax.validate ---------------------------------------------------------
+
+USAGE = (
+    "python -m stars_jax.validate --config=FILE [--config.KEY=VALUE ...] [--workdir=DIR "
+    "[--allow_config_change=KEY,...]]"
+)
+
+
+def report(config, workdir: str | None = None, allow: tuple[str, ...] = ()) -> list[str]:
+    """What ``python -m stars_jax.main`` with the same flags would refuse before any work:
+    every bad value, and with ``workdir`` a resume its checkpoints' config does not allow."""
+    found = problems(config)
+    if workdir:
+        from stars_jax import workdir as workdir_lib  # imports this module
+
+        try:
+            workdir_lib.check_fingerprint(workdir, config, allow)
+        except UserError as err:  # a workdir holding another run, or unreadable
+            found.append(str(err))
+    return found
+
+
+def _main(argv) -> None:
+    from absl import flags
+
+    fv = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}\nUsage: {USAGE}")
+    found = report(fv.config, fv.workdir, tuple(fv.allow_config_change))
+    if found:
+        print(f"{len(found)} problem(s) in {fv['config'].config_filename}:", file=sys.stderr)
+        for line in found:
+            print("  " + line.replace("\n", "\n  "), file=sys.stderr)
+        raise SystemExit(2)
+    where = f"; it may resume {fv.workdir}" if fv.workdir else ""
+    print(f"ok: {fv['config'].config_filename} is a valid config{where}.")
+
+
+def _define_cli() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).")
+    flags.DEFINE_string("workdir", None, "Also check a resume into this workdir.")
+    flags.DEFINE_list("allow_config_change", [], "As the main job's flag of that name.")
+    flags.DEFINE_bool("debug", False, "Show tracebacks of expected errors too.")
+    flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    from stars_jax import cli
+
+    _define_cli()
+    app.run(_main, flags_parser=lambda argv: cli.parse_or_exit(argv, USAGE))
