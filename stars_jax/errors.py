@@ -65,6 +65,25 @@ def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+# The filesystem packages etils needs for bucket paths, and the extra that installs each.
+_BUCKET_PACKAGES = {
+    "gcsfs": ("gs://", " (or stars_jax's extra: pip install 'stars_jax[gcs]')"),
+    "s3fs": ("s3://", ""),
+}
+
+
+def _bucket_hint(err: ImportError) -> str | None:
+    """The paragraph for a bucket path used without its filesystem package, else None."""
+    text = f"{err} {err.__cause__ or ''}"
+    for package, (scheme, extra) in _BUCKET_PACKAGES.items():
+        if package in text:
+            return (
+                f"A {scheme} path needs the {package} package, which is not installed: "
+                f"pip install {package}{extra}, then rerun the same command; or use a local path."
+            )
+    return None
+
+
 _signal_received: list[int] = []
 
 
@@ -118,6 +137,11 @@ def report_user_errors(fn: Callable[[], object], debug: bool) -> object:
             raise
         print("interrupted.", file=sys.stderr)
         raise SystemExit(_interrupt_status()) from None
+    except ImportError as err:
+        if debug or not (hint := _bucket_hint(err)):
+            raise
+        print(f"error: {hint}", file=sys.stderr)
+        raise SystemExit(2) from None
     except OSError as err:
         if debug or not is_disk_full(err):
             raise

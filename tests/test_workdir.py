@@ -258,3 +258,18 @@ def test_a_failed_checkpoint_write_is_one_clear_error(tmp_path):
     msg = str(err.value)
     assert "round 5" in msg and "No space left on device" in msg and "resume" in msg
     assert isinstance(err.value, errors.UserError)
+
+
+def test_a_bucket_path_without_gcsfs_is_one_paragraph(capsys):
+    def open_bucket():  # what etils raises for gs:// without gcsfs
+        try:
+            raise ModuleNotFoundError("No module named 'gcsfs'", name="gcsfs")
+        except ModuleNotFoundError as missing:
+            raise ImportError("Please install gcsfs to access Google Storage") from missing
+
+    with pytest.raises(SystemExit) as done:
+        errors.report_user_errors(open_bucket, debug=False)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "pip install gcsfs" in err and "stars_jax[gcs]" in err
+    with pytest.raises(ImportError):  # any other ImportError keeps its traceback
+        errors.report_user_errors(lambda: __import__("no_such_module_here"), debug=False)
