@@ -13,7 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from stars_jax.errors import UserError
+from stars_jax.errors import InputError, UserError
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -47,9 +47,50 @@ def save(manager: ocp.CheckpointManager, step: int, tree: Any) -> None:
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, Any] | None:
-    """Restores the newest checkpoint into the structure (and shardings) of ``target``."""
-    step = manager.latest_step()
-    if step is None:
-        return None
+    """Restores the newest readable checkpoint into the structure (and shardings) of
+    ``target``. A newer one that cannot be read (a damaged file) is moved aside as
+    ``STEP.unreadable`` with a warning naming it, and the next older one is tried; if none
+    can be read, an ``InputError`` says which directory to remove."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    failed = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as err:  # orbax/tensorstore raise many types; KeyboardInterrupt passes
+            failed.append((step, _first_line(err)))
+            continue
+        if failed:
+            _set_aside(manager, [s for s, _ in failed])
+        return step, restored
+    if failed:
+        raise InputError(_unreadable_message(manager.directory, failed))
+    return None
+
+
+def _first_line(err: Exception, limit: int = 160) -> str:
+    text = (str(err).splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Renames unreadable steps out of orbax's way (it ignores non-numeric names), so the
+    resumed run can write those steps again; the files stay for inspection."""
+    for step in steps:
+        path = epath.Path(manager.directory) / str(step)
+        path.rename(path.parent / f"{step}.unreadable")
+        print(
+            f"Warning: the checkpoint of round {step + 1} cannot be read (a damaged file); "
+            f"moved it to {path}.unreadable and resumed from the newest readable one.",
+            flush=True,
+        )
+    manager.reload()
+
+
+def _unreadable_message(directory, failed: list[tuple[int, str]]) -> str:
+    lines = "\n".join(f"  round {s + 1} ({directory}/{s}): {why}" for s, why in failed)
+    return (
+        f"No checkpoint in {directory} can be read:\n{lines}\nThey are damaged, or were "
+        "written by another stars_jax version. To start the run afresh, delete "
+        f"{directory} (or pass another --workdir); to keep them, rerun with the version "
+        "that wrote them."
+    )

@@ -415,6 +415,8 @@ def _restore(job: Job, carry) -> Progress:
     start, last_ckpt = 0, None
     try:
         restored = checkpoint.restore_latest(job.manager, {"carry": carry, "clock": clock})
+    except errors.UserError:  # no step readable: restore_latest's own message
+        raise
     except Exception as err:  # orbax raises many types for a tree or shape that differs
         raise errors.InputError(
             f"Cannot restore the checkpoints in {job.manager.directory}: their structure or "
