@@ -2,8 +2,10 @@
 
 Training entry point (the embedded default does this itself when no teacher is given):
   python -m stars_jax.teacher --config configs/default.py --out DIR
-A trained teacher is cached under ``config.teacher.cache_dir`` keyed by dataset, arch,
-epochs and seed, so reruns reuse it.
+A trained teacher is cached under ``config.teacher.cache_dir`` keyed by dataset name, arch,
+epochs, seed and the data's identity (path, class folders, file counts), so reruns reuse it
+and another dataset under the same name does not; a teacher whose loss went non-finite is
+never saved.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import jax
 import numpy as np
 import optax
 
-from stars_jax import cli, losses
+from stars_jax import cli, data_checks, losses
 from stars_jax import data as data_lib
 from stars_jax.apply import NORMALIZATION
 from stars_jax.distill import TrainState, advanced, apply_train, init_train_state, train_view
+from stars_jax.errors import InputError
 from stars_jax.evaluate import evaluate
 from stars_jax.model_dir import check_model_dir, load_model_dir, save_model_dir
 from stars_jax.models.teachers import make_teacher
@@ -52,6 +55,10 @@ def _train_step(model, optimizer, mean, std, flip, state: TrainState, images, la
 def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_dir) -> Path:
     """Trains ``config.teacher.arch`` on ``train`` with SGD and writes a model directory."""
     tcfg = config.teacher
+    split = f"{config.data.name} {{}} split ({config.data.path})"
+    data_checks.check_classes(train, config.data.num_classes, split.format(config.data.train_split))
+    data_checks.check_classes(test, config.data.num_classes, split.format(config.data.test_split))
+    data_checks.check_trainable(train, tcfg.train_batch_size, split.format("training"))
     mean, std = normalization_for(config.data, train.images)
     model = make_teacher(tcfg.arch, config.data.num_classes)
     bs = tcfg.train_batch_size
@@ -82,8 +89,9 @@ def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_d
             idx = order[i * bs : (i + 1) * bs]
             k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
             state, loss = step(state, train.images[idx], train.labels[idx], k)
-            if i % 50 == 0:
+            if i % 50 == 0 or i == steps_per_epoch - 1:
                 loss_sum = float(loss)
+                _check_finite_loss(loss_sum, epoch, i)
         print(
             f"  epoch {epoch + 1}/{tcfg.train_epochs}: loss {loss_sum:.3f}, "
             f"{time.time() - t0:.0f}s",
@@ -97,7 +105,12 @@ def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_d
         variables=jax.device_get(state.variables),
         normalization=(mean, std),
         input_shape=train.images.shape[1:],
-        extra={"trained_on": config.data.name, "epochs": tcfg.train_epochs, "seed": config.seed},
+        extra={
+            "trained_on": config.data.name,
+            "data_identity": data_checks.data_identity(config.data),
+            "epochs": tcfg.train_epochs,
+            "seed": config.seed,
+        },
     )
     loaded = load_model_dir(path)
     result = evaluate(
@@ -111,10 +124,22 @@ def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_d
     return path
 
 
+def _check_finite_loss(loss: float, epoch: int, step: int) -> None:
+    """Stops a teacher whose loss went non-finite before it is saved (or cached)."""
+    if not np.isfinite(loss):
+        raise InputError(
+            f"The teacher's training loss became {loss} in epoch {epoch + 1} (step {step + 1}); "
+            "nothing was saved. Lower --config.teacher.train_lr, and check that the data's "
+            "classes match data.num_classes."
+        )
+
+
 def cached_teacher_dir(config) -> Path:
+    """Keyed on the data's identity too (``data_checks.data_identity``): another folder under
+    the same ``data.name`` never reuses a teacher trained on other classes."""
     t = config.teacher
     name = f"{config.data.name}_{t.arch}_e{t.train_epochs}_s{config.seed}"
-    return Path(t.cache_dir).expanduser() / name
+    return Path(t.cache_dir).expanduser() / f"{name}_{data_checks.data_identity(config.data)}"
 
 
 def resolve_teacher(config, load_train):
