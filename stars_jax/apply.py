@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from stars_jax.losses import time_mean
+
 # Per-channel (mean, std) of pixels scaled to [0, 1]. cifar10: the values the teachers in
 # shared/teachers were trained with (std is the widespread 0.2023 variant, not the exact one).
 # fashion_mnist: computed here on the 60k training images. Others are left out until checked.
@@ -43,7 +45,7 @@ def logits_fn(model, kind: str, mean, std, with_rates: bool = False) -> Callable
         if kind == "teacher":
             return model.apply(variables, x)[0].astype(jnp.float32)
         (logits_t, _), state = model.apply(variables, x, mutable=["firing_rates"])
-        logits = jnp.mean(logits_t.astype(jnp.float32), axis=0)
+        logits = time_mean(logits_t)
         if not with_rates:
             return logits
         from stars_jax.models.students import firing_rates  # students only

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from stars_jax.errors import InputError, UserError
+from stars_jax.paths import is_remote
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -23,7 +24,7 @@ class CheckpointWriteError(UserError, OSError):
 def make_manager(directory, keep: int = 2) -> ocp.CheckpointManager:
     """A manager for ``directory`` (a local path or a gs:// bucket path)."""
     directory = epath.Path(directory)
-    if not str(directory).startswith(("gs://", "s3://")):
+    if not is_remote(directory):
         directory = directory.absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     return ocp.CheckpointManager(directory, options=options)
@@ -89,8 +90,45 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 def _unreadable_message(directory, failed: list[tuple[int, str]]) -> str:
     lines = "\n".join(f"  round {s + 1} ({directory}/{s}): {why}" for s, why in failed)
     return (
-        f"No checkpoint in {directory} can be read:\n{lines}\nThey are damaged, or were "
-        "written by another stars_jax version. To start the run afresh, delete "
-        f"{directory} (or pass another --workdir); to keep them, rerun with the version "
-        "that wrote them."
+        f"Cannot restore the checkpoints in {directory}: none can be read.\n{lines}\n"
+        "Their structure or shapes differ from what this config builds (a changed config, "
+        "or another stars_jax version), or they are damaged. Rerun with the config (and "
+        f"version) that made them, or start the run afresh: delete {directory} or pass "
+        "another --workdir."
     )
+
+
+# A run's checkpoint: {"carry": the round carry as a plain tuple, "clock": the budget clock}.
+# The carry (``distill.Carry``) is saved as a tuple so that its leaf paths are those of the
+# checkpoints written before it was a named tuple.
+
+
+def save_run(manager: ocp.CheckpointManager, step: int, carry: tuple, clock: dict) -> None:
+    """Saves a run's ``carry`` and budget ``clock`` after round ``step`` (``save``)."""
+    save(manager, step, {"carry": tuple(carry), "clock": clock})
+
+
+def restore_run(manager: ocp.CheckpointManager, carry: tuple, clock: dict):
+    """``(step, carry, clock)`` of the newest checkpoint, restored into the structure and
+    shardings of ``carry`` (of its type) and ``clock``; None without a checkpoint."""
+    restored = restore_latest(manager, {"carry": tuple(carry), "clock": clock})
+    if restored is None:
+        return None
+    step, tree = restored
+    return step, type(carry)(*tree["carry"]), tree["clock"]
+
+
+def read_bank(directory) -> dict | None:
+    """The memory bank of the newest checkpoint in ``directory`` as host arrays (the fields of
+    ``bank.Bank``), without knowing the run's config; None without a checkpoint."""
+    from stars_jax.distill import Carry  # the carry's field order
+
+    directory = epath.Path(directory)
+    if not directory.is_dir():
+        return None
+    manager = ocp.CheckpointManager(directory if is_remote(directory) else directory.absolute())
+    step = manager.latest_step()
+    if step is None:
+        return None
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    return Carry(*tree["carry"]).bank

@@ -23,7 +23,7 @@ from stars_jax import losses
 from stars_jax.apply import normalize
 from stars_jax.bank import Bank, bank_add, bank_sample, random_crop_flip
 from stars_jax.diagnostics import batch_health, class_entropy
-from stars_jax.neurons import LIFParams
+from stars_jax.neurons import RESETS, LIFParams
 from stars_jax.objective import TarReference, tar_reference
 from stars_jax.parallel import constrain
 from stars_jax.synthesis import StepInputs
@@ -48,12 +48,10 @@ class TrainState:
 
 def lif_params(cfg) -> LIFParams:
     """``config.neuron`` -> LIFParams."""
-    if cfg.reset not in ("hard", "soft"):
-        raise ValueError(f"neuron.reset must be 'hard' or 'soft', got {cfg.reset!r}.")
     return LIFParams(
         tau=cfg.tau,
         v_threshold=cfg.v_threshold,
-        v_reset=cfg.v_reset if cfg.reset == "hard" else None,
+        v_reset=RESETS[cfg.reset](cfg.v_reset),
         detach_reset=cfg.detach_reset,
         surrogate=cfg.surrogate,
         alpha=cfg.alpha,
@@ -67,16 +65,18 @@ def compute_dtype(name: str):
     return DTYPES[name]
 
 
+# ``distill.optimizer``: ``config.distill`` -> the update direction.
+OPTIMIZERS: dict[str, Callable] = {
+    "adam": lambda cfg: optax.scale_by_adam(),
+    "sgd": lambda cfg: optax.trace(decay=0.9, nesterov=cfg.nesterov),
+}
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
     """``config.distill`` -> the update direction of SGD (momentum 0.9, ``nesterov`` or not)
     or Adam, without the learning rate: ``scheduled_update`` scales it by ``warmup_cosine``
     at the current step."""
-    if cfg.optimizer == "sgd":
-        opt = optax.trace(decay=0.9, nesterov=cfg.nesterov)
-    elif cfg.optimizer == "adam":
-        opt = optax.scale_by_adam()
-    else:
-        raise ValueError(f"distill.optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}.")
+    opt = OPTIMIZERS[cfg.optimizer](cfg)
     if cfg.weight_decay:
         opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
     return opt
@@ -170,14 +170,13 @@ def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
         metrics = {"kd/kd": kd}
         total = kd
         if ctx.b_rca:
-            s_mean = jnp.mean(s_logits_t.astype(jnp.float32), axis=0)
-            rep_t, rep_s = t_logits, s_mean
-            if ctx.rca_rep == "features":
-                rep_t, rep_s = t_feats, jnp.mean(s_feats_t.astype(jnp.float32), axis=0)
+            rep_t, rep_s = losses.rca_representations(
+                ctx.rca_rep, (t_logits, t_feats), (s_logits_t, s_feats_t)
+            )
             metrics["kd/rca"] = losses.relational_discrepancy(rep_t, rep_s)
             total = total + ctx.b_rca * metrics["kd/rca"]
         metrics["kd/loss"] = total
-        agree = jnp.argmax(jnp.mean(s_logits_t, 0), -1) == jnp.argmax(t_logits, -1)
+        agree = jnp.argmax(losses.time_mean(s_logits_t), -1) == jnp.argmax(t_logits, -1)
         metrics["kd/agreement"] = jnp.mean(agree)
         return total, (metrics, batch_stats)
 
@@ -274,6 +273,15 @@ def make_round_steps(synthesizer, ctx: KDContext, batch_size: int, synth_cfg=Non
     )
 
 
+class Carry(NamedTuple):
+    """What the rounds advance: checkpointed as a plain tuple in this order
+    (``checkpoint.save_run``), the layout of checkpoints written before it had names."""
+
+    student: TrainState
+    synth_state: Any  # the synthesizer's persistent state ({} without one)
+    bank: Bank
+
+
 class RoundOutput(NamedTuple):
     images: jax.Array | None  # the kept synthetic batch, uint8 [B, H, W, C] (None: real data)
     labels: jax.Array | None  # the labels it was synthesised for
@@ -284,7 +292,7 @@ class RoundOutput(NamedTuple):
 
 def run_round(
     steps: RoundSteps,
-    carry,
+    carry: Carry,
     teacher_vars,
     key,
     round_: int,
@@ -300,7 +308,7 @@ def run_round(
     (one host sync a round).
 
     Args:
-      carry: ``(student_state, synth_state, bank)``.
+      carry: the student's state, the synthesizer's state and the bank (``Carry``).
       round_: the round's index (synthesizers reset or re-initialise on some rounds).
 
     Returns:
@@ -333,4 +341,4 @@ def run_round(
         state, m = steps.kd_bank_step(state, teacher_vars, bank, jax.random.fold_in(k_kd, j))
         kd_sum = m if kd_sum is None else jax.tree.map(jnp.add, kd_sum, m)
     metrics = {**metrics, **jax.tree.map(lambda v: v / kd_steps, kd_sum or {})}
-    return (state, synth_state, bank), out._replace(metrics=metrics)
+    return Carry(state, synth_state, bank), out._replace(metrics=metrics)

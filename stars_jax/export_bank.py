@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from stars_jax import cli, errors
+from stars_jax import checkpoint, cli, errors
 from stars_jax.apply import logits_fn
 from stars_jax.model_dir import load_model_dir
 from stars_jax.teacher import cached_teacher_dir
@@ -30,20 +30,13 @@ from stars_jax.teacher import cached_teacher_dir
 def read_bank(workdir: Path) -> dict:
     """The bank of the newest checkpoint in ``workdir``: valid rows of ``images`` (uint8
     ``[N, H, W, C]``), ``labels`` and ``preds``."""
-    import orbax.checkpoint as ocp
-
     ckpt = Path(workdir).absolute() / "checkpoints"
-    step = None
-    if ckpt.is_dir():
-        manager = ocp.CheckpointManager(ckpt)
-        step = manager.latest_step()
-    if step is None:
+    bank = checkpoint.read_bank(ckpt)
+    if bank is None:
         raise errors.MissingInputError(
             f"No checkpoint in {ckpt}; export_bank reads the memory bank of a run's checkpoint "
             "(a data-free run of stars_jax.main)."
         )
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
-    bank = tree["carry"][2]
     n = int(min(np.asarray(bank["count"]), len(bank["images"])))
     if n == 0:
         raise errors.InputError(f"The bank in {ckpt} is empty (no synthetic image kept yet).")

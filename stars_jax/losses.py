@@ -125,10 +125,17 @@ def kl_div(p_logits, q_logits, temperature=1.0) -> Array:
     return jnp.mean(_kl_rows(p_logits, q_logits, temperature))
 
 
+def time_mean(outputs_t: Array) -> Array:
+    """A spiking student's time-major outputs averaged over time, `[T, B, ...]` -> `[B, ...]`,
+    in (at least) float32: f_S = (1/T) sum_t logits_t (rate decoding), the student's logits
+    everywhere but in per-time-step KD."""
+    return jnp.mean(_upcast(outputs_t), axis=0)
+
+
 def _time_mean(student_logits: Array) -> Array:
-    """`[T, B, K]` -> `[B, K]` (f_S = (1/T) sum_t logits_t); `[B, K]` passes through."""
+    """`[T, B, K]` -> `[B, K]` (``time_mean``); `[B, K]` passes through."""
     s = _upcast(student_logits)
-    return jnp.mean(s, axis=0) if s.ndim == 3 else s
+    return time_mean(s) if s.ndim == 3 else s
 
 
 def adversarial_loss(teacher_logits, student_logits) -> Array:
@@ -169,11 +176,23 @@ def kd_loss(teacher_logits, student_logits_t, temperature, per_time_step=False) 
     if per_time_step:
         kl = jnp.mean(_kl_rows(t[None], s, temperature))
     else:
-        kl = jnp.mean(_kl_rows(t, jnp.mean(s, axis=0), temperature))
+        kl = jnp.mean(_kl_rows(t, time_mean(s), temperature))
     return temperature**2 * kl
 
 
 # -------------------------------------------------------------------------------------- RCA
+
+
+# What RCA compares (``synth.rca_rep``, ``distill.rca_rep``): the index of the representation
+# in a model's ``(logits, features)`` outputs.
+RCA_REPS = {"logits": 0, "features": 1}
+
+
+def rca_representations(rep: str, teacher_out, student_out_t) -> tuple[Array, Array]:
+    """The teacher's and the student's ``[B, D]`` representations RCA compares: their logits
+    or penultimate features (``rep``), the student's averaged over time (``time_mean``)."""
+    i = RCA_REPS[rep]
+    return teacher_out[i], time_mean(student_out_t[i])
 
 
 # The row normalisation's gradient is (I - u u^T) / ||r|| (u = r / ||r||): it grows without

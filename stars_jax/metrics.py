@@ -9,6 +9,8 @@ import time
 import numpy as np
 from etils import epath
 
+from stars_jax.paths import is_remote
+
 # Workdirs may be local paths or cloud buckets (gs://...): epath handles both.
 Path = epath.Path
 
@@ -106,7 +108,7 @@ class Writer:
 
 def _tensorboard(workdir: Path, purge_step: int):
     """A tensorboardX SummaryWriter on the workdir, or None (with a note) where none can be."""
-    if str(workdir).startswith(("gs://", "s3://")):
+    if is_remote(workdir):
         print("TensorBoard events are written for local workdirs only.", flush=True)
         return None
     try:
@@ -122,7 +124,7 @@ def _tensorboard(workdir: Path, purge_step: int):
 
 
 def _append(path, text: str) -> None:
-    if str(path).startswith(("gs://", "s3://")):  # Object stores cannot append: rewrite.
+    if is_remote(path):  # Object stores cannot append: rewrite.
         text = (path.read_text() if path.exists() else "") + text
         path.write_text(text)
     else:

@@ -48,6 +48,9 @@ SURROGATES: dict[str, Callable] = {
 }
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0, "triangle": 1.0}
 KERNELS = ("scan", "pallas")
+# ``neuron.reset``: the reset potential a config's ``v_reset`` becomes (``LIFParams.v_reset``):
+# itself (hard reset) or None (soft reset, subtract ``V_th``).
+RESETS: dict[str, Callable] = {"hard": lambda v_reset: v_reset, "soft": lambda v_reset: None}
 
 
 def surrogate_grad_fn(name: str) -> Callable:

@@ -40,18 +40,22 @@ def teacher_bn(intermediates, batch_stats) -> TeacherBN:
     )
 
 
-def select_layers(names: tuple[str, ...], mode: str) -> list[int]:
-    """Indices of BN layers: ``all`` or the last of each stage (``stage_last``).
-
-    A stage is the top-level module name without its block index (``layer2_1`` -> ``layer2``,
-    ``block3`` -> ``block3``, VGG ``block2_4`` -> ``block2``).
-    """
-    if mode == "all":
-        return list(range(len(names)))
-    if mode != "stage_last":
-        raise ValueError(f"Unknown layer selection {mode!r}; valid: 'all', 'stage_last'.")
+def _stage_last(names: tuple[str, ...]) -> list[int]:
+    """The last BN layer of each stage: a stage is the top-level module name without its block
+    index (``layer2_1`` -> ``layer2``, ``block3`` -> ``block3``, VGG ``block2_4`` -> ``block2``)."""
     last = {re.sub(r"_\d+$", "", n.split("/")[0]): i for i, n in enumerate(names)}
     return sorted(last.values())
+
+
+# ``synth.tar_layers``, ``synth.cmi_layers``: which BN layers a term reads.
+LAYER_SELECTIONS = {"all": lambda names: list(range(len(names))), "stage_last": _stage_last}
+
+
+def select_layers(names: tuple[str, ...], mode: str) -> list[int]:
+    """Indices of BN layers: ``all`` or the last of each stage (``stage_last``)."""
+    if mode not in LAYER_SELECTIONS:
+        raise ValueError(f"Unknown layer selection {mode!r}; valid: {sorted(LAYER_SELECTIONS)}.")
+    return LAYER_SELECTIONS[mode](names)
 
 
 TAR_THRESHOLDS = ("gaussian", "percentile")
@@ -206,7 +210,7 @@ def _student_terms(x, t_logits, t_feats, student_vars, *, student, cfg):
     """The terms that run the student: adversarial and (``l_rca``) RCA, as ``(terms, weights,
     diagnostics)``; the diagnostics are the adversarial mask's keep rate and the logit spread."""
     s_logits_t, s_feats_t = student.apply(student_vars, x)
-    s_logits = jnp.mean(s_logits_t.astype(jnp.float32), axis=0)
+    s_logits = losses.time_mean(s_logits_t)
     terms = {"adv": losses.adversarial_loss(t_logits, s_logits)}
     weights = {"adv": cfg.a_adv}
     agree = jnp.argmax(t_logits, -1) == jnp.argmax(s_logits, -1)
@@ -215,9 +219,9 @@ def _student_terms(x, t_logits, t_feats, student_vars, *, student, cfg):
         "student_logit_std": jnp.mean(jnp.std(s_logits, axis=0)),
     }
     if cfg.l_rca:
-        rep_t, rep_s = (t_logits, s_logits)
-        if cfg.rca_rep == "features":
-            rep_t, rep_s = t_feats, jnp.mean(s_feats_t.astype(jnp.float32), axis=0)
+        rep_t, rep_s = losses.rca_representations(
+            cfg.rca_rep, (t_logits, t_feats), (s_logits_t, s_feats_t)
+        )
         terms["rca"] = losses.relational_discrepancy(rep_t, rep_s)
         weights["rca"] = cfg.l_rca * cfg.rca_sign
     return terms, weights, extra

@@ -19,10 +19,10 @@ import optax
 
 from stars_jax import cli, data_checks, losses
 from stars_jax import data as data_lib
+from stars_jax.accuracy import evaluate
 from stars_jax.apply import NORMALIZATION
 from stars_jax.distill import TrainState, advanced, apply_train, init_train_state, train_view
 from stars_jax.errors import InputError
-from stars_jax.evaluate import evaluate
 from stars_jax.model_dir import check_model_dir, load_model_dir, save_model_dir
 from stars_jax.models.teachers import make_teacher
 

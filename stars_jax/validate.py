@@ -83,17 +83,23 @@ positive = real(0, lo_open=True)
 non_negative = real(0)
 count = integer(1)
 non_negative_int = integer(0)
-DTYPE = one_of("float32", "bfloat16")
 
 
 def _rules() -> dict[str, Rule]:
     # Imported here: these modules import jax and flax, which config-only callers skip.
     from stars_jax.data import LOADERS
+    from stars_jax.distill import DTYPES, OPTIMIZERS
+    from stars_jax.losses import RCA_REPS
     from stars_jax.models.students import STUDENTS
     from stars_jax.models.teachers import TEACHERS
-    from stars_jax.neurons import KERNELS, SURROGATES
+    from stars_jax.neurons import KERNELS, RESETS, SURROGATES
+    from stars_jax.objective import LAYER_SELECTIONS, TAR_THRESHOLDS
+    from stars_jax.run_setup import KD_MODES
     from stars_jax.synthesis import SYNTHESIZERS
+    from stars_jax.synthesizers.fast import META
+    from stars_jax.synthesizers.nayer import EMBEDS
 
+    dtype = one_of(*DTYPES)
     return {
         "seed": non_negative_int,
         "data.name": text,
@@ -108,17 +114,17 @@ def _rules() -> dict[str, Rule]:
         "teacher.arch": one_of(*TEACHERS),
         "teacher.dir": text,
         "teacher.cache_dir": text,
-        "teacher.dtype": DTYPE,
+        "teacher.dtype": dtype,
         "teacher.train_epochs": count,
         "teacher.train_batch_size": count,
         "teacher.train_lr": positive,
         "teacher.train_weight_decay": non_negative,
         "student.arch": one_of(*STUDENTS),
         "student.time_steps": count,
-        "student.dtype": DTYPE,
+        "student.dtype": dtype,
         "neuron.tau": real(1.0),  # decay 1 / tau in (0, 1]
         "neuron.v_threshold": positive,
-        "neuron.reset": one_of("hard", "soft"),
+        "neuron.reset": one_of(*RESETS),
         "neuron.v_reset": real(),
         "neuron.detach_reset": boolean,
         "neuron.surrogate": one_of(*SURROGATES),
@@ -132,18 +138,18 @@ def _rules() -> dict[str, Rule]:
         "synth.lr_z": non_negative,
         "synth.latent_dim": count,
         "synth.generator_width": count,
-        "synth.meta": one_of("fomaml", "reptile"),
+        "synth.meta": one_of(*META),
         "synth.reset_l0_round": non_negative_int,
         "synth.bn_ema": real(0, 1, hi_open=True),
         "synth.crop_pad": non_negative_int,
         "synth.flip": boolean,
         "synth.jitter": non_negative_int,
-        "synth.embed": one_of("fixed", "learned"),
+        "synth.embed": one_of(*EMBEDS),
         "synth.embed_dim": count,
         "synth.reinit_every": non_negative_int,
         "synth.a_cr": non_negative,
         "synth.cr_temperature": positive,
-        "synth.cmi_layers": one_of("all", "stage_last"),
+        "synth.cmi_layers": one_of(*LAYER_SELECTIONS),
         "synth.cmi_bank_size": count,
         "synth.cmi_negatives": count,
         "synth.cmi_head_dim": count,
@@ -154,20 +160,20 @@ def _rules() -> dict[str, Rule]:
         "synth.a_l2": non_negative,
         "synth.l_rca": non_negative,
         "synth.rca_sign": one_of(-1.0, 1.0),
-        "synth.rca_rep": one_of("logits", "features"),
+        "synth.rca_rep": one_of(*RCA_REPS),
         "synth.l_tar": non_negative,
-        "synth.tar_layers": one_of("all", "stage_last"),
+        "synth.tar_layers": one_of(*LAYER_SELECTIONS),
         "synth.tar_k": reals_tuple,
         "synth.tar_temperature": positive,
         "synth.tar_two_sided": boolean,
-        "synth.tar_thresholds": one_of("gaussian", "percentile"),
+        "synth.tar_thresholds": one_of(*TAR_THRESHOLDS),
         "synth.stars_start_round": non_negative_int,
-        "distill.mode": one_of("data_free", "real_data", "transfer_set"),
+        "distill.mode": one_of(*KD_MODES),
         "distill.transfer_set": text,
         "distill.rounds": count,
         "distill.kd_steps": count,
         "distill.batch_size": count,
-        "distill.optimizer": one_of("adam", "sgd"),
+        "distill.optimizer": one_of(*OPTIMIZERS),
         "distill.nesterov": boolean,
         "distill.lr": positive,
         "distill.lr_min": non_negative,
@@ -176,7 +182,7 @@ def _rules() -> dict[str, Rule]:
         "distill.t_kd": positive,
         "distill.per_time_step": boolean,
         "distill.b_rca": non_negative,
-        "distill.rca_rep": one_of("logits", "features"),
+        "distill.rca_rep": one_of(*RCA_REPS),
         "distill.bank_size": count,
         "distill.crop_pad": non_negative_int,
         "distill.flip": boolean,

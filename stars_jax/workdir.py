@@ -20,6 +20,7 @@ import time
 
 from stars_jax import metrics as metrics_lib
 from stars_jax.errors import DiskFullError, WorkdirError, disk_full_message, is_disk_full
+from stars_jax.paths import is_remote
 from stars_jax.validate import flatten
 
 Path = metrics_lib.Path
@@ -151,7 +152,7 @@ def lock(workdir: Path, enabled: bool = True):
     """Holds ``WORKDIR/.lock`` for the job's life (local workdirs; object stores have no
     atomic create, so gs:// and s3:// workdirs are not locked)."""
     workdir = Path(workdir)
-    if not enabled or str(workdir).startswith(("gs://", "s3://")):
+    if not enabled or is_remote(workdir):
         yield
         return
     path = workdir / LOCK

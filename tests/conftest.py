@@ -31,3 +31,11 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no shared folder at {path} (expected beside the repo checkout)")
     return path
+
+
+@pytest.fixture(scope="module")
+def nets():
+    """A tiny teacher and student with their variables (``tests.synth_nets``)."""
+    from tests.synth_nets import tiny_nets
+
+    return tiny_nets()

@@ -6,7 +6,7 @@ import pytest
 
 from configs.default import get_config
 from stars_jax import assets, data
-from stars_jax.evaluate import evaluate
+from stars_jax.accuracy import evaluate
 from stars_jax.model_dir import check_model_dir, load_model_dir
 from stars_jax.teacher import cached_teacher_dir
 

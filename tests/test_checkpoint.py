@@ -45,7 +45,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_is_set_aside(tmp_path, capsy
 def test_no_readable_checkpoint_says_which_directory_to_remove(tmp_path):
     _saved(tmp_path, (1,))
     _damage(tmp_path / "1")
-    with pytest.raises(InputError, match=r"No checkpoint .* can be read(.|\n)*delete") as err:
+    with pytest.raises(InputError, match=r"Cannot restore .* none can be read(.|\n)*delete") as err:
         checkpoint.restore_latest(checkpoint.make_manager(tmp_path), _tree(0))
     assert "tensorstore_spec" not in str(err.value) and len(str(err.value)) < 800
     assert checkpoint.restore_latest(checkpoint.make_manager(tmp_path / "new"), _tree(0)) is None

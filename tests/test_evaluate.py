@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stars_jax import convert, evaluate
+from stars_jax import accuracy, convert, evaluate
 from stars_jax.errors import InputError
 from stars_jax.model_dir import check_model_dir, load_model_dir, save_model_dir
 from stars_jax.models.teachers import make_teacher
@@ -73,7 +73,7 @@ def test_evaluate_pads_last_batch_and_traces_once():
         traces.append(x.shape)
         return jax.nn.one_hot(x[:, 0, 0, 0].astype(jnp.int32) % 6, 6)
 
-    result = evaluate.evaluate(lambda _, x: predict(x), None, images, labels, batch_size=3)
+    result = accuracy.evaluate(lambda _, x: predict(x), None, images, labels, batch_size=3)
     want = (images[:, 0, 0, 0] % 6 == labels).sum()
     assert traces == [(3, 4, 4, 1)], "one compiled shape; the padded last batch reuses it"
     assert result["n"] == 7 and result["correct"] == want
@@ -88,14 +88,14 @@ def test_evaluate_with_loaded_model_matches_direct_predictions(tmp_path):
     images = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 3, 10).astype(np.int32)
     direct = np.asarray(loaded.predict(images)).argmax(-1)
-    result = evaluate.evaluate(loaded.logits, loaded.variables, images, labels, batch_size=4)
+    result = accuracy.evaluate(loaded.logits, loaded.variables, images, labels, batch_size=4)
     assert result["correct"] == (direct == labels).sum() and "top5" not in result  # K = 3.
 
 
 def test_compiled_step_takes_weights_as_arguments(tmp_path):
     loaded = load_model_dir(_tiny_teacher_dir(tmp_path / "m"))
     batch = (np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32), np.ones(2, bool))
-    step = jax.jit(functools.partial(evaluate._batch_hits, loaded.logits))
+    step = jax.jit(functools.partial(accuracy._batch_hits, loaded.logits))
     hlo = step.lower(loaded.variables, *batch).as_text()
     signature = next(line for line in hlo.splitlines() if "func.func public @main" in line)
     n_weights = len(jax.tree_util.tree_leaves(loaded.variables))
@@ -246,7 +246,7 @@ def test_real_teacher_accuracy(shared_dir, cifar10_test, tmp_path, checkpoint, a
     )
     loaded = load_model_dir(out, arch=arch, num_classes=10)
     evaluate.check_dataset(cifar10_test.images.shape, len(cifar10_test.class_names), loaded.meta)
-    result = evaluate.evaluate(
+    result = accuracy.evaluate(
         loaded.logits, loaded.variables, cifar10_test.images, cifar10_test.labels, batch_size=200
     )
     print(f"{arch}: {result} total {time.perf_counter() - t0:.1f} s")

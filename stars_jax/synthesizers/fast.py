@@ -49,6 +49,10 @@ def _reset_l0(gen_params, key):
     return {**gen_params, "l1": l1, "bn0": redraw(k_bn, gen_params["bn0"], "scale")}
 
 
+# ``synth.meta``: whether the meta step is first-order MAML's (else Reptile's).
+META = {"fomaml": True, "reptile": False}
+
+
 def make_fast(s: SynthSetup) -> Fast:
     """Fast DFKD (``fast_meta.py``): every round a copy of the persistent generator and fresh
     N(0, 1) latents take ``synth.steps`` joint Adam steps; then the persistent generator takes
@@ -57,14 +61,12 @@ def make_fast(s: SynthSetup) -> Fast:
     ``lr * steps``. ``synth.reset_l0_round`` re-draws the first layer and its BN once,
     before that round."""
     cfg = s.cfg
-    if cfg.meta not in ("fomaml", "reptile"):
-        raise ValueError(f"synth.meta must be 'fomaml' or 'reptile', got {cfg.meta!r}.")
     gen = Generator(tuple(s.image_shape), cfg.generator_width)
     inner = optax.multi_transform(
         {"g": generator_adam(cfg.lr), "z": generator_adam(cfg.lr_z)}, {"g": "g", "z": "z"}
     )
     method = GeneratorMethod(s, gen, inner, lambda tr, labels: tr["z"], bn_ema=cfg.bn_ema)
-    return Fast(s, method, generator_adam(cfg.lr * cfg.steps), fomaml=cfg.meta == "fomaml")
+    return Fast(s, method, generator_adam(cfg.lr * cfg.steps), fomaml=META[cfg.meta])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,10 @@ def _redraw_noise(params, key):
     }
 
 
+# ``synth.embed``: the class embeddings' optimizer, from the generator's learning rate.
+EMBEDS = {"fixed": lambda lr: optax.set_to_zero(), "learned": generator_adam}
+
+
 def make_nayer(s: SynthSetup) -> Nayer:
     """NAYER (CVPR 2024): a class-conditional generator. Each sample's input is its label's
     embedding, through a BatchNorm and a "noisy layer" (a Linear re-drawn from N(0, 1) every
@@ -65,12 +69,10 @@ def make_nayer(s: SynthSetup) -> Nayer:
     (``'learned'``), where the teacher's gradients may place similar classes nearby.
     """
     cfg = s.cfg
-    if cfg.embed not in ("fixed", "learned"):
-        raise ValueError(f"synth.embed must be 'fixed' or 'learned', got {cfg.embed!r}.")
     gen = NoisyLayerGenerator(
         tuple(s.image_shape), cfg.generator_width, cfg.latent_dim, chunk=s.num_classes
     )
-    embed_opt = generator_adam(cfg.lr) if cfg.embed == "learned" else optax.set_to_zero()
+    embed_opt = EMBEDS[cfg.embed](cfg.lr)
     opt = optax.multi_transform({"g": generator_adam(cfg.lr), "e": embed_opt}, {"g": "g", "e": "e"})
     gen_input = lambda tr, labels: s.batch(tr["e"][labels])
     return Nayer(s, GeneratorMethod(s, gen, opt, gen_input, bn_ema=cfg.bn_ema))
