@@ -138,23 +138,33 @@ def test_torchvision_cli_writes_a_teacher_with_bn_intermediates(tmp_path):
     assert "layer1_0/bn1" in bn.names and "layer2_0/downsample_1" in bn.names
 
 
-def test_custom_module_converts_through_torch_module(tmp_path):
-    out, meta = _convert(
-        tmp_path,
-        "--torch_module=tests.test_convert_torch:tiny_net",
-        '--torch_kwargs={"num_classes": 4, "width": 8}',
-        "--image_size=16",
-        "--normalize=none",
-    )
-    assert meta["parity"]["passed"] and meta["parity"]["top1_agreement"] == 1.0
-    assert meta["torch_kwargs"] == {"num_classes": 4, "width": 8}
-    ops = {n["op"] for n in meta["graph"]["nodes"]}
-    assert {"add", "cat", "mul", "max_pool", "adaptive_avg_pool", "reshape"} <= ops
-    assert load_model_dir(out).meta["num_classes"] == 4
-
-
 def test_untranslatable_op_is_named_and_nothing_written(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(UntranslatableError, match=r"LayerNorm at graph node 'norm'"):
         convert.from_torch(WithLayerNorm(), image_size=16, out=tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_custom_module_converts_through_torch_module_and_teaches_a_tiny_run(tmp_path):
+    from stars_jax import train
+    from stars_jax.config import load_config_file
+    from tests.test_train import TINY, make_tiny_data
+
+    tdir, meta = _convert(
+        tmp_path,
+        "--torch_module=tests.test_convert_torch:tiny_net",
+        '--torch_kwargs={"num_classes": 4, "width": 8}',
+        "--image_size=16",
+        "--normalize=cifar10",
+    )
+    assert meta["parity"]["passed"] and meta["parity"]["top1_agreement"] == 1.0
+    assert meta["torch_kwargs"] == {"num_classes": 4, "width": 8}
+    ops = {n["op"] for n in meta["graph"]["nodes"]}
+    assert {"add", "cat", "mul", "max_pool", "adaptive_avg_pool", "reshape"} <= ops
+    # The main job on that teacher, rebuilt from its directory alone.
+    c = load_config_file(TINY, str(make_tiny_data(tmp_path / "data")))
+    c.teacher.dir, c.teacher.arch = str(tdir), "graph"
+    c.distill.rounds, c.ckpt.every = 2, 2
+    summary = train.train_and_evaluate(c, tmp_path / "run")
+    assert 0.0 <= summary["student"]["top1"] <= 100.0
+    assert summary["kd_steps"] == 2  # 2 rounds, 1 of warm-up, 2 KD steps
