@@ -25,7 +25,6 @@ setup(
     # jax and flax of the range below need Python 3.11; CI tests 3.11.
     python_requires=">=3.11",
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.11",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -236,18 +236,21 @@ def from_torch(
             "written. An op translated wrongly: please report it with the model."
         )
     if out is not None:
-        core = ("kind", "arch", "num_classes", "normalization", "input_shape")
-        save_model_dir(
-            out,
-            kind="teacher",
-            arch=GRAPH_ARCH,
-            num_classes=k,
-            variables=loaded.variables,
-            normalization=(mean, std),
-            input_shape=input_shape,
-            extra={key: v for key, v in loaded.meta.items() if key not in core},
-        )
+        _save(out, loaded)
     return loaded
+
+
+def _save(out, loaded: LoadedModel) -> None:
+    """Writes a checked conversion as a model directory (its graph and parity in model.json)."""
+    core = ("kind", "arch", "num_classes", "normalization", "input_shape")
+    meta = loaded.meta
+    save_model_dir(
+        out,
+        **{key: meta[key] for key in ("kind", "arch", "num_classes", "input_shape")},
+        normalization=(meta["normalization"]["mean"], meta["normalization"]["std"]),
+        variables=loaded.variables,
+        extra={key: v for key, v in meta.items() if key not in core},
+    )
 
 
 def _torch_classes(module, input_shape) -> int:
