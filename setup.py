@@ -21,28 +21,41 @@ setup(
     data_files=[
         ("share/stars_jax/configs", [str(p) for p in sorted(Path("configs").glob("*.py"))])
     ],
-    python_requires=">=3.10",
+    license="Apache-2.0",
+    # jax and flax of the range below need Python 3.11; CI tests 3.11.
+    python_requires=">=3.11",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    # Lower bounds: the versions CI installs and tests (jax 0.10.2, flax 0.12.8, optax 0.2.8,
+    # orbax-checkpoint 0.12.8, ml-collections 1.1.0, absl-py 2.5.1, etils 1.15.0, numpy 2.4.6,
+    # scipy 1.17.1, pillow 13.0.0); upper bounds: the next release line, untested.
     install_requires=[
-        # Tested with jax 0.10.2 (CPU); flax/optax/orbax/chex releases of the same era.
         "jax>=0.10,<0.13",
         "flax>=0.12,<0.13",
-        "optax>=0.2.5",
-        "orbax-checkpoint>=0.11",
-        "ml-collections>=1.0",
-        "absl-py>=2.0",
-        "etils[epath]>=1.5",  # paths that may be gs:// buckets (workdirs, checkpoints)
-        "numpy>=1.26",
-        "scipy>=1.11",  # Student-t intervals in stars_jax.sweep (jax depends on it too)
-        "pillow>=10.0",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "ml-collections>=1.1,<2",
+        "absl-py>=2.5,<3",
+        "etils[epath]>=1.15,<2",  # paths that may be gs:// buckets (workdirs, checkpoints)
+        "numpy>=2.4,<3",
+        "scipy>=1.17,<2",  # Student-t intervals in stars_jax.sweep (jax depends on it too)
+        "pillow>=13.0,<14",
     ],
     extras_require={
-        # Only to read PyTorch checkpoints (stars_jax.convert); the CPU build is enough. Any
-        # release with torch.load(weights_only=True); tested with 2.13.0+cpu (the cap keeps
-        # pip on that local CPU wheel here instead of a newer CUDA build).
-        "torch": ["torch>=2.2,<2.14"],
+        # Only to read PyTorch checkpoints and trace CNNs (stars_jax.convert); the CPU build is
+        # enough. Tested with 2.13.0+cpu.
+        "torch": ["torch>=2.13,<2.14"],
+        # convert --arch torchvision/NAME: the torchvision release paired with that torch.
+        "torchvision": ["torch>=2.13,<2.14", "torchvision>=0.28,<0.29"],
         "tfds": ["tensorflow-datasets>=4.9"],
-        # TensorBoard event files without TensorFlow (stars_jax.metrics.Writer).
-        "tensorboard": ["tensorboardX>=2.6"],
+        # TensorBoard event files without TensorFlow (stars_jax.metrics.Writer), and the viewer
+        # (`tensorboard --logdir WORKDIR`); the viewer is not part of the tests.
+        "tensorboard": ["tensorboardX>=2.6,<3", "tensorboard>=2.16"],
+        # gs:// workdirs and checkpoints through etils.epath (not tested here: no bucket).
+        "gcs": ["gcsfs>=2024.2"],
         # NIR export (python -m stars_jax.export); h5py comes with nir.
         "nir": ["nir>=1.0.8,<2"],
         # The independent NIR consumer tests/test_export_nir.py runs exported graphs in;
@@ -59,6 +72,7 @@ setup(
             "snntorch>=1.0,<1.1",
             "nirtorch>=2.0,<3",
             "matplotlib>=3.8",  # tests/test_plot_curves.py
+            "torchvision>=0.28,<0.29",  # tests/test_convert_torch.py (skipped without it)
         ],
     },
 )

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+import sysconfig
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -22,6 +24,34 @@ from stars_jax import errors
 
 Define = Callable[[flags.FlagValues], None]
 DEBUG_HELP = "Show tracebacks of expected errors too (or STARS_JAX_DEBUG=1)."
+
+
+def installed_configs() -> Path:
+    """Where ``pip install`` puts ``configs/*.py`` (setup.py's data_files):
+    ``<prefix>/share/stars_jax/configs``."""
+    return Path(sysconfig.get_path("data")) / "share" / "stars_jax" / "configs"
+
+
+def _installed_config(value: str) -> str:
+    """``FILE[:ARG]`` with a FILE that does not exist here replaced by the installed config of
+    its name (``configs/default.py`` or ``default.py`` -> the installed ``default.py``)."""
+    path, sep, arg = value.partition(":")
+    if not path or Path(path).exists():
+        return value
+    installed = installed_configs() / Path(path).name
+    return f"{installed}{sep}{arg}" if installed.is_file() else value
+
+
+def with_installed_configs(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--config`` looked up in the installed configs when the path is absent,
+    so ``--config configs/default.py`` works after a plain (non-editable) ``pip install``."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--config="):
+            out[i] = "--config=" + _installed_config(a[len("--config=") :])
+        elif a == "--config" and i + 1 < len(out):
+            out[i + 1] = _installed_config(out[i + 1])
+    return out
 
 
 def _config_file(argv) -> tuple[str, str | None] | None:
@@ -85,7 +115,7 @@ def _check_no_args(rest: Sequence[str]) -> None:
 def parse(define: Define, argv: Sequence[str] | None, prog: str) -> flags.FlagValues:
     """``argv`` parsed into a fresh registry, for ``main(argv)``: with or without the program
     name first (``["--model", d]`` works). A bad command line raises ``ConfigError``."""
-    argv = list(sys.argv if argv is None else argv)
+    argv = with_installed_configs(sys.argv if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         argv = [prog, *argv]
     fv = flags.FlagValues()
@@ -100,6 +130,7 @@ def parse(define: Define, argv: Sequence[str] | None, prog: str) -> flags.FlagVa
 def parse_or_exit(argv: list[str], usage: str) -> list[str]:
     """absl's global flags from ``argv``; a bad command line prints one line (and the usage)
     and exits with status 2 unless ``--debug``; ``--help``/``--helpfull`` exit with 0."""
+    argv = with_installed_configs(argv)
     try:
         check_config_path(argv)
         rest = flags.FLAGS(argv)

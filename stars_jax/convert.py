@@ -34,7 +34,14 @@ from stars_jax.model_dir import save_model_dir
 from stars_jax.models.teachers import TEACHERS, make_teacher
 
 CIFAR10_MEAN, CIFAR10_STD = NORMALIZATION["cifar10"]
-NAMED_NORMALIZATIONS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "none": ((0.0,) * 3, (1.0,) * 3)}
+# torchvision's ImageNet statistics, which its pretrained classifiers expect.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NAMED_NORMALIZATIONS = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "none": ((0.0,) * 3, (1.0,) * 3),
+}
+TORCHVISION_PREFIX = "torchvision/"
 _IGNORED_LEAVES = ("num_batches_tracked",)
 _HEAD_NAMES = ("linear", "fc", "classifier")
 _BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
@@ -319,18 +326,41 @@ def parse_normalization(spec: str | None, info: Mapping, channels: int = 3):
 
 
 PROG = "python -m stars_jax.convert"
-USAGE = f"{PROG} --arch=ARCH --num_classes=K --checkpoint=FILE.pth --out=DIR [--overwrite]"
+USAGE = (
+    f"{PROG} (--arch=ARCH --num_classes=K --checkpoint=FILE.pth | --arch=torchvision/NAME "
+    "[--num_classes=K] [--checkpoint=FILE.pth] | --torch_module=PKG.MODULE:CALLABLE "
+    "[--torch_kwargs=JSON] [--checkpoint=FILE.pth]) --out=DIR [--image_size=N] [--overwrite]"
+)
 
 
-_NORMALIZE_HELP = "cifar10 | none | m1,m2,m3,s1,s2,s3 (default: the checkpoint's, else cifar10)."
+_NORMALIZE_HELP = (
+    "cifar10 | imagenet | none | m1,m2,m3,s1,s2,s3 (default: the checkpoint's, else cifar10)."
+)
+_ARCH_HELP = (
+    f"Teacher architecture: one of {sorted(a for a in TEACHERS if a != 'graph')} (data-free-KD "
+    "key names), or torchvision/NAME (e.g. torchvision/resnet18), traced and checked."
+)
+_MODULE_HELP = (
+    "PKG.MODULE:CALLABLE returning your torch.nn.Module (traced with torch.fx, checked "
+    "against torch); its package must be importable."
+)
 _OVERWRITE_HELP = "Write into a non-empty --out, replacing its model.json and variables.msgpack."
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     """The CLI's flags (``stars_jax.cli``)."""
-    flags.DEFINE_enum("arch", None, sorted(TEACHERS), "Teacher architecture.", flag_values=fv)
+    flags.DEFINE_string("arch", None, _ARCH_HELP, flag_values=fv)
     flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_string("checkpoint", None, "PyTorch .pth file.", flag_values=fv)
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "PyTorch .pth file (for torchvision/ and --torch_module: optional, else random weights).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("torch_module", None, _MODULE_HELP, flag_values=fv)
+    flags.DEFINE_string(
+        "torch_kwargs", "{}", "JSON keyword arguments for --torch_module.", flag_values=fv
+    )
     flags.DEFINE_string("out", None, "Model directory to write.", flag_values=fv)
     flags.DEFINE_string("normalize", None, _NORMALIZE_HELP, flag_values=fv)
     flags.DEFINE_integer(
@@ -345,7 +375,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_bool("overwrite", False, _OVERWRITE_HELP, flag_values=fv)
     flags.DEFINE_bool("debug", False, cli.DEBUG_HELP, flag_values=fv)
-    flags.mark_flags_as_required(["arch", "num_classes", "checkpoint", "out"], flag_values=fv)
+    flags.mark_flags_as_required(["out"], flag_values=fv)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -369,6 +399,33 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"cannot write to --out {out}: {base} is not writable; pass another path.")
 
 
+def from_torch(module, **kwargs):
+    """A PyTorch CNN in memory as a teacher, checked against torch: see
+    ``stars_jax.torch_teacher.from_torch`` (``image_size``, ``normalize``, ``num_classes``,
+    ``out``). Returns what ``stars_jax.model_dir.load_model_dir`` returns."""
+    from stars_jax.torch_teacher import from_torch as _from_torch
+
+    return _from_torch(module, **kwargs)
+
+
+def _check_source_flags(args: flags.FlagValues) -> None:
+    """One source: a registered --arch with --num_classes and --checkpoint, torchvision/NAME,
+    or --torch_module."""
+    if bool(args.arch) == bool(args.torch_module):
+        raise ConfigError("pass exactly one of --arch and --torch_module.")
+    if args.torch_module or (args.arch or "").startswith(TORCHVISION_PREFIX):
+        if args.torch_module and args.num_classes is not None:
+            print("Notice: --num_classes is checked against the module's output.", file=sys.stderr)
+        return
+    if args.arch not in TEACHERS or args.arch == "graph":
+        raise ConfigError(
+            f"--arch {args.arch!r} is not known; valid: {sorted(set(TEACHERS) - {'graph'})} "
+            f"or {TORCHVISION_PREFIX}NAME."
+        )
+    if missing := [f"--{k}" for k in ("num_classes", "checkpoint") if args[k].value is None]:
+        raise ConfigError(f"--arch {args.arch} needs {' and '.join(missing)}.")
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """CLI entry point (``argv`` with or without the program name); returns the written
     model directory."""
@@ -377,8 +434,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 def run(args: flags.FlagValues) -> Path:
     """Converts as the parsed flags say; returns the written model directory."""
+    _check_source_flags(args)
+    _check_out(Path(args.out), args.overwrite)
+    if args.torch_module or (args.arch or "").startswith(TORCHVISION_PREFIX):
+        from stars_jax.torch_teacher import run_traced  # Lazy: it imports torch
+
+        return run_traced(args)
     out_dir, checkpoint = Path(args.out), Path(args.checkpoint)
-    _check_out(out_dir, args.overwrite)
     ckpt = read_checkpoint(checkpoint, weights_only=not args.unsafe_pickle)
     source_arch = ckpt.info.get("arch")
     input_shape = (args.image_size, args.image_size, 3)

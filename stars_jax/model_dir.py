@@ -7,7 +7,10 @@ code that produced it::
                         "input_shape": [H, W, C], "stars_jax_version", ...extra}
     variables.msgpack  flax msgpack of a float32 numpy tree {"params", "batch_stats"}
 
-Create one from a PyTorch checkpoint with ``python -m stars_jax.convert``.
+Create one from a PyTorch checkpoint with ``python -m stars_jax.convert``. A teacher of arch
+``graph`` (converted from a torchvision model or any traceable PyTorch CNN) also stores
+``"graph"``, the spec its Flax module is rebuilt from (``stars_jax.models.graph``), and
+``"parity"``, the conversion's check against PyTorch.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from flax import serialization
 import stars_jax
 from stars_jax.apply import logits_fn
 from stars_jax.errors import ConfigError, InputError, MissingInputError
+from stars_jax.models.graph import GRAPH_ARCH
 
 META_FILE = "model.json"
 VARIABLES_FILE = "variables.msgpack"
@@ -188,6 +192,8 @@ def build_model(meta: Mapping, dtype: Any = jnp.float32) -> nn.Module:
     if meta["kind"] not in KINDS:
         raise InputError(f"model.json kind must be one of {KINDS}, got {meta['kind']!r}.")
     try:
+        if meta["kind"] == "teacher" and meta["arch"] == GRAPH_ARCH:
+            return graph_teacher(meta, dtype)
         if meta["kind"] == "teacher":
             from stars_jax.models.teachers import make_teacher
 
@@ -207,6 +213,20 @@ def build_model(meta: Mapping, dtype: Any = jnp.float32) -> nn.Module:
             f"model.json describes a {meta['kind']} that cannot be built ({err}); fix "
             f"model.json or {_HOW_TO_REWRITE}"
         ) from err
+
+
+def graph_teacher(meta: Mapping, dtype: Any = jnp.float32) -> nn.Module:
+    """The teacher that ``meta["graph"]``, a ``stars_jax.models.graph`` spec, describes."""
+    from stars_jax.models.graph import SPEC_VERSION, GraphTeacher
+
+    spec = meta.get("graph")
+    if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
+        raise ValueError(
+            f"a '{GRAPH_ARCH}' teacher needs a 'graph' spec of version {SPEC_VERSION} in "
+            f"model.json, got {type(spec).__name__} version "
+            f"{spec.get('version') if isinstance(spec, dict) else None}"
+        )
+    return GraphTeacher(json.dumps(spec), int(meta["num_classes"]), dtype)
 
 
 def make_predict(logits: Callable, variables: Mapping) -> Callable:
@@ -337,6 +357,13 @@ def load_model_dir(
     variables = _read_variables(path / VARIABLES_FILE)
     if validate:
         _check_variables(model, meta, variables, path)
+    return loaded_model(meta, variables, model)
+
+
+def loaded_model(meta: Mapping, variables: Mapping, model: nn.Module | None = None) -> LoadedModel:
+    """A ``LoadedModel`` from a ``model.json`` dict and its variables, e.g. of a model that
+    is in memory and not (yet) in a directory."""
+    model = build_model(meta) if model is None else model
     norm = meta["normalization"]
     logits = logits_fn(model, meta["kind"], tuple(norm["mean"]), tuple(norm["std"]))
-    return LoadedModel(meta, variables, model, logits, make_predict(logits, variables))
+    return LoadedModel(dict(meta), variables, model, logits, make_predict(logits, variables))

@@ -27,11 +27,18 @@ class TeacherBN(NamedTuple):
     vars: list[jax.Array]  # [C_l]
 
 
+def _natural(path: tuple[str, ...]) -> tuple:
+    """Sort key of a module path with its numbers as numbers (``features_2`` < ``features_10``)."""
+    return tuple(tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)) for p in path)
+
+
 def teacher_bn(intermediates, batch_stats) -> TeacherBN:
-    """Pairs every sown BN input with the running statistics of the same layer."""
+    """Pairs every sown BN input with the running statistics of the same layer, in natural
+    order of their paths: the same order whether the trees come in call order (a traced
+    apply) or sorted (``jax.eval_shape`` and other pytree round trips sort dict keys)."""
     flat_in = traverse_util.flatten_dict(intermediates)
     flat_stats = traverse_util.flatten_dict(batch_stats)
-    paths = [k[:-1] for k in flat_in if k[-1] == BN_INPUT]
+    paths = sorted((k[:-1] for k in flat_in if k[-1] == BN_INPUT), key=_natural)
     return TeacherBN(
         names=tuple("/".join(p) for p in paths),
         inputs=[flat_in[p + (BN_INPUT,)][0] for p in paths],

@@ -383,7 +383,8 @@ def check_runs_config(args, shared: list[str], variants: list[Variant]) -> None:
     """Each variant's config as its runs will load it (file, shared and own overrides),
     checked once before the first run starts: a bad key or value is one error now, not a
     failure in every run."""
-    path = args.config.partition(":")[0]
+    config = cli.with_installed_configs([f"--config={args.config}"])[0].split("=", 1)[1]
+    path = config.partition(":")[0]
     if not Path(path).is_file():
         raise ConfigError(
             f"The config file {path!r} does not exist (from {Path.cwd()}); give a path such as "
@@ -391,7 +392,7 @@ def check_runs_config(args, shared: list[str], variants: list[Variant]) -> None:
         )
     for v in variants:
         over = [*shared, *(f"--config.{k}={x}" for k, x in v.overrides)]
-        argv = [PROG, f"--config={args.config}", *over]
+        argv = [PROG, f"--config={config}", *over]
         fv = flags.FlagValues()  # the overrides are read from sys_argv when the file loads
         config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
         try:

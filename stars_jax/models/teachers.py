@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from stars_jax.models.graph import GRAPH_ARCH
 from stars_jax.models.layers import (
     basic_block,
     batch_norm,
@@ -163,6 +164,18 @@ TEACHERS = {
     "wrn_tiny": functools.partial(WideResNet, depth=10, widen=1, base=8),
     "vgg_tiny": functools.partial(VGG, groups=_TINY_VGG_GROUPS),
 }
+
+
+def _graph_teacher(num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
+    raise ValueError(
+        f"teacher arch {GRAPH_ARCH!r} is rebuilt from its model directory's graph spec, not "
+        "trained here: set teacher.dir to a directory written by `python -m stars_jax.convert "
+        "--arch torchvision/NAME` or `--torch_module PKG.MODULE:CALLABLE` (docs/own_teacher.md)."
+    )
+
+
+# A converted PyTorch CNN (stars_jax.models.graph): valid as teacher.arch with a teacher.dir.
+TEACHERS[GRAPH_ARCH] = _graph_teacher
 
 
 def make_teacher(arch: str, num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
