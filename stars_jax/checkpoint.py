@@ -60,8 +60,12 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, An
         except Exception as err:  # orbax/tensorstore raise many types; KeyboardInterrupt passes
             failed.append((step, _first_line(err)))
             continue
-        if failed:
-            _set_aside(manager, [s for s, _ in failed])
+        for path in set_aside(manager, {s for s, _ in failed}.__contains__, "unreadable"):
+            print(
+                f"Warning: a checkpoint cannot be read (a damaged file); moved it to {path} "
+                f"and resumed from round {step + 1}'s, the newest readable one.",
+                flush=True,
+            )
         return step, restored
     if failed:
         raise InputError(_unreadable_message(manager.directory, failed))
@@ -73,18 +77,18 @@ def _first_line(err: Exception, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
-    """Renames unreadable steps out of orbax's way (it ignores non-numeric names), so the
-    resumed run can write those steps again; the files stay for inspection."""
-    for step in steps:
+def set_aside(manager: ocp.CheckpointManager, which, why: str) -> list[str]:
+    """Renames the steps for which ``which(step)`` holds to ``STEP.<why>``, out of orbax's way
+    (it ignores non-numeric names), so a resumed run starts before them and can write those
+    steps again; the files stay for inspection. Returns the new paths."""
+    moved = []
+    for step in sorted(s for s in manager.all_steps() if which(s)):
         path = epath.Path(manager.directory) / str(step)
-        path.rename(path.parent / f"{step}.unreadable")
-        print(
-            f"Warning: the checkpoint of round {step + 1} cannot be read (a damaged file); "
-            f"moved it to {path}.unreadable and resumed from the newest readable one.",
-            flush=True,
-        )
-    manager.reload()
+        path.rename(path.parent / f"{step}.{why}")
+        moved.append(f"{path}.{why}")
+    if moved:
+        manager.reload()
+    return moved
 
 
 def _unreadable_message(directory, failed: list[tuple[int, str]]) -> str:

@@ -49,6 +49,15 @@ class Interrupted(UserError):
     exit_code = 130
 
 
+class DivergedError(UserError, FloatingPointError):
+    """A loss went non-finite or exploded; the message names it and says how to go on.
+    ``keys``: the metrics that did."""
+
+    def __init__(self, message: str, keys: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.keys = keys
+
+
 class DiskFullError(UserError, OSError):
     """No space left where the job writes."""
 

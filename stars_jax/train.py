@@ -21,13 +21,13 @@ evaluation), ``student/`` (a model directory for ``stars_jax.evaluate``) and
 
 from __future__ import annotations
 
+import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from stars_jax import budget, checkpoint, errors, parallel, run_outputs, validate
+from stars_jax import budget, checkpoint, errors, parallel, run_outputs, run_state, validate
 from stars_jax import metrics as metrics_lib
 from stars_jax import workdir as workdir_lib
 from stars_jax.accuracy import student_evaluator
@@ -49,15 +49,35 @@ CONSOLE_KEYS = (
 )
 
 
-def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Path) -> None:
-    bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+def check_finite(metrics: dict, round_: int) -> None:
+    bad = tuple(sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v))))
     if bad:
-        kept = f"round {last_ckpt + 1}" if last_ckpt is not None else "none yet"
-        raise FloatingPointError(
-            f"Non-finite {', '.join(bad)} in round {round_ + 1}; stopped without saving. "
-            f"Last good checkpoint: {kept} in {ckpt_dir}. Lower synth.lr / distill.lr or the "
-            "weight of the named term, then rerun the same command to resume."
+        raise errors.DivergedError(f"Non-finite {', '.join(bad)} in round {round_ + 1}.", bad)
+
+
+def after_divergence(job: Job, r: int, keys) -> str:
+    """Sets aside the checkpoints that may hold the diverged weights (the round before the
+    one that showed it trained them), and says how to go on: the learning rate to lower, as
+    flags that work when added to the same command."""
+    moved = checkpoint.set_aside(job.manager, lambda step: step >= r - 1, "diverged")
+    flat = validate.flatten(job.config)
+    synth = "synth.lr" if "synth.lr" in flat else f"synth.{job.config.synth.method}.lr"
+    key = "distill.lr" if any(k.startswith(("kd/", "eval/")) for k in keys) else synth
+    lower = f"--config.{key}={flat[key] / 10:g}"
+    kept = job.manager.latest_step()
+    aside = (
+        f" Set aside, as they may hold the diverged weights: {', '.join(moved)}." if moved else ""
+    )
+    if kept is None:
+        return (
+            f"Stopped without saving.{aside} No earlier checkpoint: rerun the same command with "
+            f"a 10 times lower learning rate, {lower} (or lower the named term's weight)."
         )
+    return (
+        f"Stopped without saving.{aside} To resume from round {kept + 1}'s checkpoint with a "
+        f"10 times lower learning rate, rerun the same command with {lower} "
+        f"--allow_config_change={key} (or lower the named term's weight instead)."
+    )
 
 
 def train_and_evaluate(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> dict:
@@ -82,6 +102,15 @@ def _train(config, workdir, t_start: float) -> dict:
     if job.is_main:
         resumed_after = progress.start if progress.start else None
         workdir_lib.record_start(workdir, config, run_info(), resumed_after)
+    done = workdir / "summary.json"
+    if progress.start >= progress.stop_at and done.exists():  # finished: leave it as it is
+        summary = json.loads(done.read_text())
+        print(
+            f"This run finished earlier: student top-1 {summary['student']['top1']:.2f}% on "
+            f"{summary['student']['n']} real test images. Its summary is unchanged: {done}",
+            flush=True,
+        )
+        return summary
     elapsed = lambda: parallel.agree(progress.elapsed_before + time.time() - t_start)
     writer = metrics_lib.Writer(
         workdir,
@@ -110,12 +139,15 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     evaluate_student = lambda: evaluator(p.carry.student.variables)
     # The student's evaluation time is guessed from the teacher's until one is timed.
     tracker = budget.Tracker(job.teacher_eval_s * job.config.student.time_steps, parallel.agree)
-    result, health = {}, []
+    state = run_state.load(job.manager.directory, p.last_ckpt)  # what earlier segments kept
+    tracker.spent.update(state.spent)
+    state.spent = tracker.spent  # saved with each checkpoint from now on
+    result, health = {}, state.health
     r = p.start
     try:
         while r < p.stop_at:
             warm = r < job.warmup_rounds
-            m, out = _round(job, p, r, tracker)
+            m, out = _round(job, p, r, tracker, state.reference)
             if not warm and out.images is not None:
                 health.append(
                     {k: float(m[k]) for k in (*run_outputs.HEALTH_KEYS, "synth/bank_entropy")}
@@ -140,6 +172,8 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
                 writer.write(r, m, CONSOLE_KEYS)
             if (r + 1) % job.config.ckpt.every == 0 or last:
                 _timed(tracker.saved, _save_checkpoint, job, p, r, elapsed())
+                if job.is_main:
+                    run_state.save(job.manager.directory, state, r)
             r += 1
     except KeyboardInterrupt:
         raise errors.Interrupted(_interrupted_message(job, p, r)) from None
@@ -172,8 +206,10 @@ def _announce(job: Job, p: Progress) -> None:
     )
 
 
-def _round(job: Job, p: Progress, r: int, tracker: budget.Tracker):
-    """Runs round ``r`` (``p.carry`` advances); returns its fetched metrics and outputs."""
+def _round(job: Job, p: Progress, r: int, tracker: budget.Tracker, reference: dict):
+    """Runs round ``r`` (``p.carry`` advances); returns its fetched metrics and outputs. A
+    loss that went non-finite or exploded (``run_state.check_divergence``, against
+    ``reference``) stops the run before anything of this round is saved."""
     config, warm = job.config, r < job.warmup_rounds
     steps = job.steps if r >= config.synth.stars_start_round else job.base_steps
     t0 = time.time()
@@ -191,7 +227,14 @@ def _round(job: Job, p: Progress, r: int, tracker: budget.Tracker):
     m = parallel.fetch(out.metrics)
     seconds = time.time() - t0
     tracker.round_done(seconds, (id(steps), warm), out.synth_seconds, plan=not warm)
-    check_finite(m, r, p.last_ckpt, job.manager.directory)
+    try:
+        check_finite(m, r)
+        if not warm:
+            run_state.check_divergence(reference, m, r)
+    except errors.DivergedError as err:
+        raise errors.DivergedError(
+            f"{err} {after_divergence(job, r, err.keys)}", err.keys
+        ) from None
     images = config.synth.batch_size * (out.images is not None)
     images += config.distill.batch_size * (0 if warm else config.distill.kd_steps)
     m.update({"time/synth_s": out.synth_seconds, "time/round_s": seconds})

@@ -125,7 +125,8 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     cmd = _cli(tiny_data, cache, run_dir, "--config.distill.rounds=6")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "1").exists() and proc.poll() is None:
+    # (Killed once the checkpoint's run state is written too, i.e. after the whole save.)
+    while not (run_dir / "checkpoints" / "1" / "run_state.json").exists() and proc.poll() is None:
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
@@ -141,15 +142,33 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     assert ref.keys() == resumed.keys()
     for k in ref:
         np.testing.assert_allclose(resumed[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # The summary covers the whole run, not its last segment: the health means equal the
+    # uninterrupted run's, and the time breakdown sums every logged round's seconds.
+    done = json.loads((run_dir / "summary.json").read_text())
+    for key, value in summary["synthesis"].items():
+        if key != "real_batch":
+            assert done["synthesis"][key] == pytest.approx(value, rel=1e-5), key
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    spent = done["time_breakdown"]
+    rounds_s = sum(row["time/round_s"] for row in logged)
+    assert spent["synthesis_s"] + spent["kd_s"] == pytest.approx(rounds_s, abs=0.05)
+    # A rerun of the finished run leaves its summary as it was, and says so.
+    before = (run_dir / "summary.json").read_bytes()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "finished earlier" in again.stdout, again.stderr[-2000:]
+    assert (run_dir / "summary.json").read_bytes() == before
 
     # 3. NaN in a loss stops with the round and term named; the last checkpoint stays.
     # (A NaN weight is now refused up front by validation; 1e39 passes it as a finite Python
     # float but overflows to inf in the float32 loss.)
     bad = _config(tiny_data, cache, **{"distill.rounds": 8, "synth.a_adv": 1e39})
-    with pytest.raises(FloatingPointError, match=r"synth/loss.*round 7.*round 6"):
+    with pytest.raises(FloatingPointError, match=r"synth/loss in round 7.*5.diverged.*round 4"):
         # The weight differs from the run's: allowed explicitly (the run fingerprint).
         train.train_and_evaluate(bad, ref_dir, allow_config_change=("synth.a_adv",))
-    assert (ref_dir / "checkpoints" / "5").exists()
+    # The round before the NaN may have trained it into the weights: its checkpoint is set
+    # aside (kept), and a rerun resumes from the one before.
+    assert (ref_dir / "checkpoints" / "5.diverged").is_dir()
+    assert (ref_dir / "checkpoints" / "3").is_dir()
 
 
 def test_stars_terms_start_at_their_round(tiny_data, tmp_path):
