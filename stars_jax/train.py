@@ -34,6 +34,7 @@ import numpy as np
 
 import stars_jax
 from stars_jax import budget, checkpoint, diagnostics, energy, errors, parallel, validate
+from stars_jax import config as config_lib
 from stars_jax import data as data_lib
 from stars_jax import metrics as metrics_lib
 from stars_jax import workdir as workdir_lib
@@ -77,8 +78,8 @@ def check_finite(metrics: dict, round_: int, last_ckpt: int | None, ckpt_dir: Pa
         kept = f"round {last_ckpt + 1}" if last_ckpt is not None else "none yet"
         raise FloatingPointError(
             f"Non-finite {', '.join(bad)} in round {round_ + 1}; stopped without saving. "
-            f"Last good checkpoint: {kept} in {ckpt_dir}. Lower synth.lr / distill.lr or the "
-            "weight of the named term, then rerun the same command to resume."
+            f"Last good checkpoint: {kept} in {ckpt_dir}. Lower synth.<method>.lr / "
+            "distill.lr or the weight of the named term, then rerun the same command to resume."
         )
 
 
@@ -153,7 +154,7 @@ def _make_workdir(workdir) -> None:
 
 
 def _train(config, workdir, t_start: float) -> dict:
-    job, progress = _setup(config, workdir)
+    job, progress = _setup(config_lib.resolved(config), workdir)  # synth: flat, one method
     if job.is_main:
         resumed_after = progress.start if progress.start else None
         workdir_lib.record_start(workdir, config, _run_info(), resumed_after)

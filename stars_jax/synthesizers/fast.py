@@ -48,10 +48,11 @@ def _reset_l1(gen_params, key):
 
 def make_fast(s: SynthSetup) -> Fast:
     """Fast DFKD (``fast_meta.py``): every round a copy of the persistent generator and fresh
-    N(0, 1) latents take ``synth.steps`` joint Adam steps; then the persistent generator takes
-    one meta step: first-order MAML (``synth.meta='fomaml'``, the reference default: the sum
+    N(0, 1) latents take ``synth.fast.steps`` joint Adam steps; then the persistent generator takes
+    one meta step: first-order MAML (``synth.fast.meta='fomaml'``, the reference default: the sum
     of the inner gradients) or Reptile (``'reptile'``: towards the adapted copy), with Adam at
-    ``lr * steps``. ``synth.reset_l0_round`` re-draws the first layer once, before that round."""
+    ``lr * steps``. ``synth.fast.reset_l0_round`` re-draws the first layer once, before that
+    round."""
     cfg = s.cfg
     if cfg.meta not in ("fomaml", "reptile"):
         raise ValueError(f"synth.meta must be 'fomaml' or 'reptile', got {cfg.meta!r}.")
