@@ -11,6 +11,7 @@ import scipy.stats
 from configs.default import get_config
 from stars_jax import losses
 from stars_jax.bank import init_bank
+from stars_jax.config import set_all_methods, synth_view
 from stars_jax.distill import (
     KDContext,
     init_train_state,
@@ -54,9 +55,13 @@ def nets():
 
 
 def _cfg(method="fast", **over):
-    c = get_config(method).synth
-    c.batch_size, c.generator_width, c.latent_dim, c.embed_dim = 8, 8, 16, 8
-    c.cmi_bank_size, c.cmi_negatives, c.cmi_head_dim = 24, 12, 8
+    full = get_config(method)
+    set_all_methods(full, generator_width=8, latent_dim=16)
+    full.synth.nayer.embed_dim = 8
+    cmi = full.synth.cmi
+    cmi.bank_size, cmi.negatives, cmi.head_dim = 24, 12, 8
+    c = synth_view(full.synth)  # what the trainer reads: the shared keys and the method's
+    c.batch_size = 8
     c.steps, c.crop_pad = 3, 2
     for k, v in over.items():
         setattr(c, k, v)

@@ -35,7 +35,7 @@ def test_every_key_of_every_config_has_a_rule_and_the_defaults_pass():
         ("ckpt.every", 0, "ckpt.every=0: must be an integer >= 1"),
         ("synth.method", "gan", "synth.method='gan': must be one of 'deepinversion'"),
         ("neuron.v_threshold", float("nan"), "neuron.v_threshold=nan: must be a finite"),
-        ("synth.bn_ema", 1.0, "synth.bn_ema=1.0: must be a finite number >= 0 and < 1"),
+        ("synth.cmi.bn_ema", 1.0, "synth.cmi.bn_ema=1.0: must be a finite number >= 0 and < 1"),
         ("mesh.data", 0, "mesh.data=0: must be an integer >= 1 (or -1)"),
         ("synth.tar_k", (), "synth.tar_k=(): must be a non-empty tuple"),
         ("synth.rca_sign", 0.5, "synth.rca_sign=0.5: must be one of -1.0, 1.0"),
@@ -43,9 +43,12 @@ def test_every_key_of_every_config_has_a_rule_and_the_defaults_pass():
 )
 def test_bad_values_name_the_key_the_value_and_the_range(key, value, words):
     c = base_config()
-    section, name = key.split(".")
+    *path, name = key.split(".")
+    node = c
+    for p in path:
+        node = node[p]
     with c.unlocked():
-        c[section][name] = value
+        node[name] = value
     with pytest.raises(errors.ConfigError) as err:
         validate.check_config(c)
     assert words in str(err.value), str(err.value)
@@ -54,7 +57,7 @@ def test_bad_values_name_the_key_the_value_and_the_range(key, value, words):
 
 def test_all_bad_values_are_listed_at_once_and_cross_checks():
     c = base_config()
-    c.distill.lr, c.synth.steps = -1.0, 0
+    c.distill.lr, c.synth.nayer.steps = -1.0, 0
     assert len(validate.problems(c)) == 2
     c = base_config()
     c.distill.lr_min = 1.0
