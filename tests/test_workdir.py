@@ -135,6 +135,35 @@ def test_keys_of_another_version_do_not_stop_a_resume(tmp_path):
         workdir_lib.check_fingerprint(tmp_path, config)
 
 
+def _flat_layout(fp: dict) -> dict:
+    """Today's fingerprint as stars_jax wrote it before the per-method synth sections."""
+    method, old = fp["synth.method"], {"layers": "cmi_layers", "bank_size": "cmi_bank_size"}
+    old.update(negatives="cmi_negatives", head_dim="cmi_head_dim")
+    out = {"synth.jitter": 2, "synth.embed": "fixed"}  # other methods' keys were stored too
+    for key, value in fp.items():
+        name = key.removeprefix(f"synth.{method}.")
+        out[f"synth.{old.get(name, name)}" if name != key else key] = value
+    return out
+
+
+def test_a_fingerprint_of_the_flat_synth_layout_resumes_and_still_refuses(tmp_path):
+    config = load_config_file(ROOT / "configs" / "tiny.py", "")
+    config.synth.method = "cmi"
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    old = _flat_layout(workdir_lib.fingerprint(config))
+    assert "synth.cmi_bank_size" in old and "synth.steps" in old
+    (tmp_path / workdir_lib.FINGERPRINT).write_text(json.dumps(old))
+    workdir_lib.check_fingerprint(tmp_path, config)  # the same run: resumes
+    config.synth.nayer.steps = 99  # another method's section does not define the run
+    workdir_lib.check_fingerprint(tmp_path, config)
+    config.synth.cmi.bank_size = 64
+    with pytest.raises(errors.WorkdirError) as err:
+        workdir_lib.check_fingerprint(tmp_path, config)
+    assert "synth.cmi.bank_size: 32 in the run, 64 now" in str(err.value)
+    assert "flat synth layout" in str(err.value)
+    assert "--allow_config_change=synth.cmi.bank_size" in str(err.value)
+
+
 def test_a_rerun_with_another_config_stops_before_any_work(tiny_data, tmp_path):
     cache, w = tmp_path / "cache", tmp_path / "w"
     train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 2}), w)
