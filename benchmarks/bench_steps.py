@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import flops  # noqa: E402
 from stars_jax.apply import NORMALIZATION  # noqa: E402
 from stars_jax.bank import init_bank  # noqa: E402
-from stars_jax.config import base_config, set_method  # noqa: E402
+from stars_jax.config import base_config, synth_view  # noqa: E402
 from stars_jax.distill import (  # noqa: E402
     KDContext,
     init_train_state,
@@ -77,8 +77,8 @@ TABLES = ("steps", "round")
 
 def _setting(tiny: bool):
     if tiny:
-        generator = dict(generator_width=8, latent_dim=16, embed_dim=16, cmi_bank_size=64)
-        generator.update(cmi_negatives=16, cmi_head_dim=16)  # generator methods' round
+        generator = dict(generator_width=8, latent_dim=16, embed_dim=16, bank_size=64)
+        generator.update(negatives=16, head_dim=16)  # generator methods' round
         return dict(
             t_stages=(1, 1),
             s_stages=(1, 1),
@@ -144,13 +144,17 @@ def _synth_cfg(s, method: str = "deepinversion"):
     """``config.synth`` of the benchmark: DeepInversion with CMI's weights (what the PyTorch
     side runs), or another synthesizer at its reference settings; STARS terms off."""
     cfg = base_config()
-    if method != "deepinversion":
-        set_method(cfg, method)
-    syn = cfg.synth
-    syn.method, syn.batch_size, syn.l_rca, syn.l_tar = method, s["batch"], 0, 0
+    cfg.synth.method, cfg.synth.batch_size, cfg.synth.l_rca, cfg.synth.l_tar = (
+        method,
+        s["batch"],
+        0,
+        0,
+    )
     if method == "deepinversion":
-        syn.jitter, syn.a_bn, syn.a_oh, syn.a_adv, syn.lr = 0, 1, 1, 0.5, 0.1
-    syn.update(s.get("generator", {}))
+        di = cfg.synth.deepinversion
+        di.jitter, di.a_bn, di.a_oh, di.a_adv, di.lr = 0, 1, 1, 0.5, 0.1
+    syn = synth_view(cfg.synth)
+    syn.update({k: v for k, v in s.get("generator", {}).items() if k in syn})
     return syn
 
 

@@ -102,8 +102,8 @@ def kd_step_flops(teacher, student, batch: int, image_shape) -> int:
 
 
 def synthesis_step_flops(cfg, teacher, student, image_shape, num_classes: int, warmup=False):
-    """FLOPs of one synthesis step of ``cfg.method`` (``config.synth``: batch, weights and
-    generator sizes), in a warm-up round (no student) or not."""
+    """FLOPs of one synthesis step of ``cfg.method`` (``config.synth_view(config.synth)``:
+    batch, weights and generator sizes), in a warm-up round (no student) or not."""
     x = (cfg.batch_size, *image_shape)
     macs = pass_macs(_macs(teacher, x), to_input=True)
     if not warmup and (cfg.a_adv or cfg.l_rca):
@@ -133,9 +133,9 @@ def _generator_macs(cfg, teacher, image_shape, num_classes: int) -> int:
     if cfg.method == "cmi":
         macs += pass_macs(_macs(teacher, (b, *image_shape)), to_input=True)  # the local view
         names, channels = bn_channels(teacher, image_shape)
-        dim = sum(channels[i] for i in select_layers(names, cfg.cmi_layers))
-        rows = b + min(cfg.cmi_negatives, cfg.cmi_bank_size)
-        head = _macs(ProjectionHead(hidden=dim, out=cfg.cmi_head_dim), (rows, dim))
+        dim = sum(channels[i] for i in select_layers(names, cfg.layers))
+        rows = b + min(cfg.negatives, cfg.bank_size)
+        head = _macs(ProjectionHead(hidden=dim, out=cfg.head_dim), (rows, dim))
         macs += pass_macs(head, weights=True, to_input=True) + pass_macs(head)  # query, key
     return macs
 

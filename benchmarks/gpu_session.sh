@@ -43,12 +43,17 @@ if [ "$DRY" = 1 ]; then
   BENCH_SCALE=(--tiny --steps 2 --warmup 1 --rounds 1 --round_synth_steps 2 --round_kd_steps 2
     --profile_steps 2 --torch_timeout "${TORCH_TIMEOUT:-120}")
   JOB_SCALE=(--config.student.arch=resnet_tiny --config.synth.batch_size=8
-    --config.synth.steps=1 --config.synth.warmup_rounds=1 --config.synth.generator_width=8
-    --config.synth.latent_dim=16 --config.synth.embed_dim=16 --config.synth.cmi_bank_size=64
-    --config.synth.cmi_negatives=16 --config.synth.cmi_head_dim=16
+    --config.synth.nayer.embed_dim=16 --config.synth.cmi.bank_size=64
+    --config.synth.cmi.negatives=16 --config.synth.cmi.head_dim=16
     --config.distill.batch_size=8 --config.distill.kd_steps=2 --config.distill.bank_size=64
     --config.distill.rounds=3 --config.distill.eval_every=2 --config.ckpt.every=2
     --config.data.eval_limit=64 --config.data.eval_batch_size=32 --config.log.grid_images=8)
+  for m in fast nayer cmi deepinversion; do  # every method's section: one step, one warm-up
+    JOB_SCALE+=(--config.synth.$m.steps=1 --config.synth.$m.warmup_rounds=1)
+  done
+  for m in fast nayer cmi; do
+    JOB_SCALE+=(--config.synth.$m.generator_width=8 --config.synth.$m.latent_dim=16)
+  done
   TORCH_MODES=${TORCH_MODES:-eager-fp32,bf16-eager+cl}  # torch.compile takes minutes on a CPU
 fi
 

@@ -1,9 +1,9 @@
 """Health of a synthesizer on a converted teacher, without training a student.
 
-Runs ``synth.warmup_rounds`` warm-up rounds and ``--rounds`` more (adversarial and STARS terms
-on, against a freshly initialised, frozen spiking student: no KD) exactly as the main job's
-round loop does, then prints and writes what ``stars_jax.diagnostics`` measures on the kept
-batches (teacher top-1 against their labels, class entropy, diversity of the teacher's
+Runs ``synth.<method>.warmup_rounds`` warm-up rounds and ``--rounds`` more (adversarial and
+STARS terms on, against a freshly initialised, frozen spiking student: no KD) exactly as the
+main job's round loop does, then prints and writes what ``stars_jax.diagnostics`` measures on
+the kept batches (teacher top-1 against their labels, class entropy, diversity of the teacher's
 features), the bank's class entropy, and the same figures for a real test batch of the same
 size, with the wall time. Used for the CPU table in benchmarks/RESULTS.md:
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stars_jax import data as data_lib  # noqa: E402
 from stars_jax import diagnostics, metrics  # noqa: E402
 from stars_jax.bank import init_bank  # noqa: E402
+from stars_jax.config import synth_view  # noqa: E402
 from stars_jax.distill import (  # noqa: E402
     KDContext,
     compute_dtype,
@@ -53,7 +54,7 @@ KEYS = ("synth/teacher_acc", "synth/class_entropy", "synth/diversity", "synth/ba
 
 
 def run(config, rounds: int, grid: str = "") -> dict:
-    sc = config.synth
+    sc = synth_view(config.synth)  # the shared keys and those of synth.method
     teacher = load_model_dir(config.teacher.dir)
     meta = teacher.meta
     mean, std = tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"])

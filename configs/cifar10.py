@@ -1,8 +1,9 @@
 """CIFAR-10: a converted ANN teacher distilled into a spiking resnet18 (T=4), STARS on.
 
 Argument ``METHOD[,TEACHER]`` (both optional): the synthesizer (nayer, the default, fast, cmi,
-deepinversion) with its reference settings and what measurements changed in them
-(stars_jax/config.py), and the teacher (resnet34, the default, or wrn40_2). Set-up (once): convert the teacher checkpoint into a model directory:
+deepinversion; ``synth.method``, at the settings of its section ``synth.<method>``:
+stars_jax/config.py) and the teacher (resnet34, the default, or wrn40_2). Set-up (once):
+convert the teacher checkpoint into a model directory:
   python -m stars_jax.convert --arch resnet34 --num_classes 10 \
       --checkpoint ../shared/teachers/cifar10_resnet34_fp16.pth --out teachers/cifar10_resnet34
 Command:
@@ -12,10 +13,11 @@ Hardware: one GPU (H100/H200 class) or more. The student is trained as in the re
 DFKD code (SGD momentum 0.9, lr 0.2 cosine to 2e-4 after the synthesis-only warm-up, weight
 decay 1e-4, 400 KD steps per round, 220 rounds, KD temperature 20); a full run is long:
 --config.distill.time_budget_s=240 fits the rounds and the learning-rate schedule into 4
-minutes of wall time (see README). Expected result: see benchmarks/RESULTS.md.
+minutes of wall time (see README). Expected result: benchmarks/RESULTS.md ("Synthesis on the
+GPU"; why these settings: "Why the configs are set as they are").
 """
 
-from stars_jax.config import base_config, parse_arg, set_method
+from stars_jax.config import base_config, parse_arg, set_fast_weights
 
 TEACHERS = {"resnet34": "teachers/cifar10_resnet34", "wrn40_2": "teachers/cifar10_wrn40_2"}
 
@@ -36,14 +38,14 @@ def get_config(arg=None):
     c.teacher.dir = TEACHERS[teacher]
     c.student.arch = "resnet18"
     c.student.time_steps = 4
-    set_method(c, method, teacher)
+    c.synth.method = method  # at its section's reference settings (stars_jax/config.py)
+    set_fast_weights(c, teacher)
     c.synth.batch_size = 256
-    c.synth.generator_width = 64
     c.synth.crop_pad, c.synth.flip = 4, True
     # CMI's features: every BN input for a WRN, the ends of the stages for a ResNet (the
     # reference takes resnet34's block outputs: 960 dims; these are 1024).
-    c.synth.cmi_layers = "stage_last" if teacher == "resnet34" else "all"
-    c.distill.rounds = 220  # including synth.warmup_rounds
+    c.synth.cmi.layers = "stage_last" if teacher == "resnet34" else "all"
+    c.distill.rounds = 220  # including synth.<method>.warmup_rounds
     c.distill.kd_steps = 400
     c.distill.batch_size = 256
     c.distill.optimizer = "sgd"

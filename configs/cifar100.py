@@ -1,6 +1,7 @@
-"""CIFAR-100: a converted teacher distilled into a spiking resnet18 (T=4), Fast + STARS.
+"""CIFAR-100: a converted teacher distilled into a spiking resnet18 (T=4), STARS on.
 
-Argument: METHOD[,TEACHER] as in configs/cifar10.py.
+Argument: METHOD[,TEACHER] as in configs/cifar10.py (NAYER and resnet34 unless given); the
+same DFKD schedule as configs/cifar10.py.
 Set-up: a CIFAR-100 teacher checkpoint of the public DFKD format (e.g. resnet34 or wrn40_2):
   python -m stars_jax.convert --arch resnet34 --num_classes 100 --checkpoint C100.pth \
       --out teachers/cifar100_resnet34

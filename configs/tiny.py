@@ -3,9 +3,11 @@
 Command:
   python -m stars_jax.main --config configs/tiny.py:/path/to/image_folder --workdir /tmp/tiny
 Hardware: any CPU. Expected result: it runs end to end; accuracy is meaningless.
+Every synthesizer runs at the same smoke scale and loss weights (2 steps, 1 warm-up round,
+CMI's contrastive term off): the golden runs (tests/golden/) were recorded with them.
 """
 
-from stars_jax.config import base_config
+from stars_jax.config import base_config, set_all_methods
 
 
 def get_config(arg=None):
@@ -21,14 +23,13 @@ def get_config(arg=None):
     c.student.arch = "resnet_tiny"
     c.student.time_steps = 2
     c.synth.batch_size = 8
-    c.synth.steps = 2
-    c.synth.warmup_rounds = 1
-    c.synth.generator_width = 8
-    c.synth.latent_dim = 16
-    c.synth.embed_dim = 8
-    c.synth.cmi_bank_size = 32
-    c.synth.cmi_negatives = 16
-    c.synth.cmi_head_dim = 8
+    set_all_methods(c, steps=2, warmup_rounds=1, lr=5e-3, bn_ema=0.9)
+    set_all_methods(c, a_bn=10.0, a_oh=1.0, a_adv=1.1, generator_width=8, latent_dim=16)
+    c.synth.fast.reset_l0_round = 0
+    c.synth.nayer.embed_dim, c.synth.nayer.reinit_every = 8, 0
+    cmi = c.synth.cmi
+    cmi.a_cr, cmi.bank_size, cmi.negatives, cmi.head_dim = 0.0, 32, 16, 8
+    c.synth.deepinversion.jitter = 2
     c.distill.rounds = 4
     c.distill.kd_steps = 2
     c.distill.batch_size = 8

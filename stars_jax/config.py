@@ -3,6 +3,13 @@ STARS.md's neuron defaults. Config files under ``configs/`` start from ``base_co
 override a few keys (``configs/default.py`` is the embedded default).
 
 Sections mirror the modules: data, teacher, student, neuron, synth, distill, mesh, ckpt, log.
+
+``synth`` holds the keys every synthesizer shares (method, batch, augmentation, the STARS
+terms) and one section per synthesizer (``synth.fast``, ``synth.nayer``, ``synth.cmi``,
+``synth.deepinversion``) with that method's settings, its reference defaults. Only the section
+of ``synth.method`` is read: the trainer reads ``resolved(config)``, whose ``synth`` is the
+shared keys plus that section's, flat (``synth_view``). Workdirs of the flat layout before the
+sections resume: ``old_key_path`` maps their stored keys.
 """
 
 import ml_collections
@@ -55,36 +62,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.neuron.kernel = "scan"
 
     c.synth = ml_collections.ConfigDict()
-    # The synthesizer (stars_jax.synthesis.SYNTHESIZERS); set_method() applies its reference
-    # settings, which differ a lot between methods (configs take it as their argument).
+    # The synthesizer (stars_jax.synthesis.SYNTHESIZERS). Keys every method shares are here;
+    # each method's own settings are in its section below (synth.fast, synth.nayer, ...), and
+    # only the section of synth.method is read (synth_view). Choosing a method changes nothing
+    # else: --config.synth.method=nayer runs NAYER at its section's settings.
     c.synth.method = "fast"
     c.synth.batch_size = 64  # Images synthesised (and kept) per round.
-    c.synth.steps = 5  # Optimisation steps per round (the references' g_steps).
-    c.synth.warmup_rounds = 0  # Synthesis-only first rounds: BN + CE, no KD (Fast's warmup).
-    c.synth.lr = 5e-3  # Generator (or pixel, DeepInversion) Adam learning rate.
-    c.synth.lr_z = 0.015  # Latent learning rate (Fast).
-    c.synth.latent_dim = 256  # Generator input: latent (Fast, CMI) or noisy-layer output (NAYER).
-    c.synth.generator_width = 64  # ngf.
-    c.synth.meta = "fomaml"  # Fast's meta update: "fomaml" (first-order MAML) or "reptile".
-    c.synth.reset_l0_round = 0  # Fast: re-draw the generator's first layer before this round.
-    c.synth.bn_ema = 0.9  # Blend BN batch moments with their EMA over rounds (bn_mmt); 0 = off.
     c.synth.crop_pad = 4  # Generators: per-sample random crop (zero padding, pixels) ...
     c.synth.flip = True  # ... and horizontal flip before the teacher.
-    c.synth.jitter = 2  # DeepInversion: random roll of the batch in pixels (and flip).
-    c.synth.embed = "fixed"  # NAYER label embeddings: "fixed" (random) or "learned".
-    c.synth.embed_dim = 512  # NAYER label-embedding size (CLIP ViT-B/32 text width).
-    c.synth.reinit_every = 0  # NAYER: re-initialise the generator every N rounds (g_life).
-    c.synth.a_cr = 0.0  # CMI: weight of the contrastive term ...
-    c.synth.cr_temperature = 0.2  # ... its temperature,
-    c.synth.cmi_layers = "all"  # ... the BN layers whose inputs are its features,
-    c.synth.cmi_bank_size = 4096  # ... the feature bank (rows),
-    c.synth.cmi_negatives = 1024  # ... the negatives drawn from it per step,
-    c.synth.cmi_head_dim = 256  # ... and the projection size.
-    c.synth.a_bn = 10.0
-    c.synth.a_oh = 1.0
-    c.synth.a_adv = 1.1
-    c.synth.a_tv = 0.0  # Pixel priors (DeepInversion).
-    c.synth.a_l2 = 0.0
     # STARS (l_rca = l_tar = 0 and distill.b_rca = 0 give the baseline).
     c.synth.l_rca = 1.0
     c.synth.rca_sign = -1.0  # -1: adversarial (seek unlearned relations); +1: consistency.
@@ -101,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
     # First round (counting the warm-up) in which the STARS terms act, distill.b_rca included;
     # the rounds between the warm-up and it run the baseline. 0: right after the warm-up.
     c.synth.stars_start_round = 0
+    for method, section in method_sections().items():
+        c.synth[method] = section
 
     c.distill = ml_collections.ConfigDict()
     # "data_free" (synthesis), "real_data" (KD on the real training set: the upper bound) or
@@ -150,40 +137,63 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# Each synthesizer's settings in its public reference code (CIFAR scripts), which set_method
-# applies; config files then change what measurements chose (benchmarks/RESULTS.md). Kept out
-# of the formatter (fmt: skip below): a table, one synthesizer a row as the scripts list them.
-REFERENCE_SYNTH = {
-    # Fast-Datafree scripts/fast_cifar.sh, "Fast-2": g_steps 2, lr_g 5e-3, lr_z 0.015,
-    # bn_mmt 0.9, warmup 20, is_maml 1, reset_l0 at epoch warmup + 120; weights per teacher
-    # in FAST_TEACHER_WEIGHTS.
-    "fast": dict(steps=2, lr=5e-3, lr_z=0.015, latent_dim=256, warmup_rounds=20, bn_ema=0.9,
-                 meta="fomaml", reset_l0_round=140, a_bn=10.0, a_oh=0.4, a_adv=1.1),
-    # NAYER scripts/nayer_*.sh: g_steps 40, lr_g 4e-3, le_emb_size 1000, g_life 10, bn_mmt 0.9,
-    # warmup 20, bn 10, oh 0.5, adv 1.33 for every teacher.
-    "nayer": dict(steps=40, lr=4e-3, latent_dim=1000, warmup_rounds=20, bn_ema=0.9,
-                  reinit_every=10, a_bn=10.0, a_oh=0.5, a_adv=1.33),
-    # Fast-Datafree scripts/cmi_cifar.sh: g_steps 200, lr_g 1e-3, bn 1, oh 1, adv 0.5, cr 0.8,
-    # cr_T 0.2, no warm-up, no BN momentum; bank 40960, 4096 negatives, head 256.
-    "cmi": dict(steps=200, lr=1e-3, latent_dim=256, warmup_rounds=0, bn_ema=0.0, a_bn=1.0,
-                a_oh=1.0, a_adv=0.5, a_cr=0.8, cr_temperature=0.2, cmi_bank_size=40960,
-                cmi_negatives=4096, cmi_head_dim=256),
-    # Fast-Datafree scripts/deepinv_cifar.sh: g_steps 1000, lr_g 0.1, bn 10, oh 1, adv 1;
-    # jitter 1/8 of the image side.
-    "deepinversion": dict(steps=1000, lr=0.1, warmup_rounds=0, bn_ema=0.0, a_bn=10.0, a_oh=1.0,
-                          a_adv=1.0, jitter=4),
-}  # fmt: skip
+METHODS = ("fast", "nayer", "cmi", "deepinversion")  # the sections of config.synth
 
-# Where measurements moved a synthesizer away from its reference (benchmarks/RESULTS.md,
-# "Synthesis health"): set_method applies these on top of REFERENCE_SYNTH.
-MEASURED_SYNTH = {
-    # a_oh 2 instead of 0.5: on the wrn40_2 teacher (CPU, batch 64) the kept batches' teacher
-    # top-1 went from 0.44 to 0.95 with diversity unchanged (0.67 -> 0.70, a real batch: 0.69);
-    # on the embedded default's student it made no measurable difference (+2.24 and -1.69
-    # points on seeds 0 and 1 at an equal 600 s budget).
-    # reinit_every 20: NAYER's g_life (10 epochs) times its g_loops (2 batches per epoch).
-    "nayer": dict(a_oh=2.0, reinit_every=20),
-}
+
+def _section(**values) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(values)
+
+
+def method_sections() -> dict[str, ml_collections.ConfigDict]:
+    """Each synthesizer's section: its settings in its public reference code (CIFAR scripts),
+    where measurements changed one the comment says so (benchmarks/RESULTS.md, "Why the
+    configs are set as they are"). Every section has the keys
+      steps: optimisation steps per round (the references' g_steps);
+      warmup_rounds: synthesis-only first rounds (BN + CE, no KD);
+      lr: the generator's (DeepInversion: the pixels') Adam learning rate;
+      bn_ema: blend BN batch moments with their EMA over rounds (bn_mmt); 0 = off;
+      a_bn, a_oh, a_adv: the weights of the BN, CE and adversarial terms;
+    and its own. Kept out of the formatter (fmt: skip): a table, as the scripts list them."""
+    return dict(
+        # Fast-Datafree scripts/fast_cifar.sh, "Fast-2"; weights per teacher in
+        # FAST_TEACHER_WEIGHTS (the config files apply them).
+        fast=_section(
+            steps=2, warmup_rounds=20, lr=5e-3, bn_ema=0.9, a_bn=10.0, a_oh=0.4, a_adv=1.1,
+            lr_z=0.015,  # the latents' learning rate
+            latent_dim=256,  # generator input size
+            generator_width=64,  # ngf
+            meta="fomaml",  # the meta update: "fomaml" (first-order MAML) or "reptile"
+            reset_l0_round=140,  # re-draw the generator's first layer before this round; 0 = never
+        ),
+        # NAYER scripts/nayer_*.sh (the same weights for every teacher).
+        nayer=_section(
+            steps=40, warmup_rounds=20, lr=4e-3, bn_ema=0.9, a_bn=10.0, a_adv=1.33,
+            a_oh=2.0,  # measured (reference 0.5): RESULTS.md, "Synthesis health"
+            latent_dim=1000,  # the noisy layer's output size (le_emb_size)
+            generator_width=64,
+            embed="fixed",  # label embeddings: "fixed" (random) or "learned"
+            embed_dim=512,  # label-embedding size (CLIP ViT-B/32 text width)
+            reinit_every=20,  # re-initialise the generator every N rounds; g_life 10 x g_loops 2
+        ),
+        # Fast-Datafree scripts/cmi_cifar.sh.
+        cmi=_section(
+            steps=200, warmup_rounds=0, lr=1e-3, bn_ema=0.0, a_bn=1.0, a_oh=1.0, a_adv=0.5,
+            latent_dim=256, generator_width=64,
+            a_cr=0.8,  # the contrastive term's weight ...
+            cr_temperature=0.2,  # ... its temperature,
+            layers="all",  # ... the BN layers whose inputs are its features ("stage_last"),
+            bank_size=40960,  # ... the feature bank (rows),
+            negatives=4096,  # ... the negatives drawn from it per step,
+            head_dim=256,  # ... and the projection size
+        ),
+        # Fast-Datafree scripts/deepinv_cifar.sh.
+        deepinversion=_section(
+            steps=1000, warmup_rounds=0, lr=0.1, bn_ema=0.0, a_bn=10.0, a_oh=1.0, a_adv=1.0,
+            jitter=4,  # random roll of the batch in pixels (and flip): 1/8 of the image side
+            a_tv=0.0, a_l2=0.0,  # pixel priors
+        ),
+    )  # fmt: skip
+
 
 # Fast's loss weights (a_bn, a_oh, a_adv) per teacher in scripts/fast_cifar.sh.
 FAST_TEACHER_WEIGHTS = {
@@ -193,23 +203,54 @@ FAST_TEACHER_WEIGHTS = {
 }
 
 
-def set_method(
-    c: ml_collections.ConfigDict, method: str, teacher: str | None = None, reference=False
-):
-    """Sets ``c.synth.method`` and the reference settings of that synthesizer (for Fast, its
-    weights for ``teacher`` where the reference has a row for it), then, unless
-    ``reference``, the changes measurements chose (``MEASURED_SYNTH``)."""
-    if method not in REFERENCE_SYNTH:
-        raise ValueError(f"Unknown synthesizer {method!r}; valid: {sorted(REFERENCE_SYNTH)}.")
-    c.synth.method = method
-    settings = dict(REFERENCE_SYNTH[method])
-    if method == "fast" and teacher in FAST_TEACHER_WEIGHTS:
-        settings["a_bn"], settings["a_oh"], settings["a_adv"] = FAST_TEACHER_WEIGHTS[teacher]
-    if not reference:
-        settings.update(MEASURED_SYNTH.get(method, {}))
-    for key, value in settings.items():
-        c.synth[key] = value
-    return c
+def set_fast_weights(c: ml_collections.ConfigDict, teacher: str | None) -> None:
+    """Fast's loss weights for ``teacher`` where its reference has a row for it."""
+    if teacher in FAST_TEACHER_WEIGHTS:
+        fast = c.synth.fast
+        fast.a_bn, fast.a_oh, fast.a_adv = FAST_TEACHER_WEIGHTS[teacher]
+
+
+def set_all_methods(c: ml_collections.ConfigDict, **values) -> None:
+    """Sets each key in every method's section that has it (a scale for all synthesizers)."""
+    for key, value in values.items():
+        owners = [m for m in METHODS if key in c.synth[m]]
+        if not owners:
+            raise KeyError(f"No synth.<method> section has the key {key!r}.")
+        for m in owners:
+            c.synth[m][key] = value
+
+
+def synth_view(synth) -> ml_collections.ConfigDict:
+    """What the synthesizers, the objective and the round loop read: ``config.synth``'s
+    shared keys and those of the section of ``synth.method``, in one flat ConfigDict."""
+    flat = {k: v for k, v in synth.items() if k not in METHODS}
+    flat.update(synth[synth["method"]].items())
+    return ml_collections.ConfigDict(flat)
+
+
+def resolved(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``c`` whose ``synth`` is ``synth_view(c.synth)``."""
+    out = ml_collections.ConfigDict({k: v for k, v in c.items() if k != "synth"})
+    out.synth = synth_view(c["synth"])
+    return out
+
+
+# Keys of the flat layout (before the per-method sections) that a section renamed.
+_RENAMED = {"cmi_layers": "layers", "cmi_bank_size": "bank_size"}
+_RENAMED.update(cmi_negatives="negatives", cmi_head_dim="head_dim")
+
+
+def old_key_path(key: str, method: str | None) -> str:
+    """Today's path of a key of the flat layout (stored fingerprints, old command lines):
+    ``synth.X`` of a method's setting -> ``synth.<method>.X`` (the section of ``method``
+    where it has the key, else of the method that has it); every other key as it is."""
+    section, _, name = key.partition(".")
+    name = _RENAMED.get(name, name)
+    sections = method_sections()
+    owners = [m for m in METHODS if name in sections[m]]
+    if section != "synth" or not owners:
+        return key
+    return f"synth.{method if method in owners else owners[0]}.{name}"
 
 
 def parse_arg(arg: str | None, default_method: str) -> tuple[str, str | None]:

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from stars_jax import budget, checkpoint, errors, parallel, run_outputs, run_state, validate
+from stars_jax import config as config_lib
 from stars_jax import metrics as metrics_lib
 from stars_jax import workdir as workdir_lib
 from stars_jax.accuracy import student_evaluator
@@ -60,10 +61,11 @@ def after_divergence(job: Job, r: int, keys) -> str:
     one that showed it trained them), and says how to go on: the learning rate to lower, as
     flags that work when added to the same command."""
     moved = checkpoint.set_aside(job.manager, lambda step: step >= r - 1, "diverged")
-    flat = validate.flatten(job.config)
-    synth = "synth.lr" if "synth.lr" in flat else f"synth.{job.config.synth.method}.lr"
-    key = "distill.lr" if any(k.startswith(("kd/", "eval/")) for k in keys) else synth
-    lower = f"--config.{key}={flat[key] / 10:g}"
+    # job.config is the resolved view: its synth.lr is synth.<method>.lr on the command line.
+    kd = any(k.startswith(("kd/", "eval/")) for k in keys)
+    key = "distill.lr" if kd else f"synth.{job.config.synth.method}.lr"
+    lr = job.config.distill.lr if kd else job.config.synth.lr
+    lower = f"--config.{key}={lr / 10:g}"
     kept = job.manager.latest_step()
     aside = (
         f" Set aside, as they may hold the diverged weights: {', '.join(moved)}." if moved else ""
@@ -98,7 +100,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: tuple[str, ...
 
 
 def _train(config, workdir, t_start: float) -> dict:
-    job, progress = setup(config, workdir)
+    job, progress = setup(config_lib.resolved(config), workdir)  # synth: flat, one method
     if job.is_main:
         resumed_after = progress.start if progress.start else None
         workdir_lib.record_start(workdir, config, run_info(), resumed_after)

@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Callable
 
+from stars_jax.config import old_key_path, resolved
 from stars_jax.errors import ConfigError, UserError
 
 # A rule: value -> None if valid, else what a valid value is.
@@ -85,6 +86,13 @@ count = integer(1)
 non_negative_int = integer(0)
 
 
+def _each_method(methods=None, **rules: Rule) -> dict[str, Rule]:
+    """``synth.<method>.<key>`` rules for every method's section (or those of ``methods``)."""
+    from stars_jax.config import METHODS
+
+    return {f"synth.{m}.{k}": r for m in methods or METHODS for k, r in rules.items()}
+
+
 def _rules() -> dict[str, Rule]:
     # Imported here: these modules import jax and flax, which config-only callers skip.
     from stars_jax.data import LOADERS
@@ -132,32 +140,33 @@ def _rules() -> dict[str, Rule]:
         "neuron.kernel": one_of(*KERNELS),
         "synth.method": one_of(*SYNTHESIZERS),
         "synth.batch_size": count,
-        "synth.steps": count,
-        "synth.warmup_rounds": non_negative_int,
-        "synth.lr": positive,
-        "synth.lr_z": non_negative,
-        "synth.latent_dim": count,
-        "synth.generator_width": count,
-        "synth.meta": one_of(*META),
-        "synth.reset_l0_round": non_negative_int,
-        "synth.bn_ema": real(0, 1, hi_open=True),
         "synth.crop_pad": non_negative_int,
         "synth.flip": boolean,
-        "synth.jitter": non_negative_int,
-        "synth.embed": one_of(*EMBEDS),
-        "synth.embed_dim": count,
-        "synth.reinit_every": non_negative_int,
-        "synth.a_cr": non_negative,
-        "synth.cr_temperature": positive,
-        "synth.cmi_layers": one_of(*LAYER_SELECTIONS),
-        "synth.cmi_bank_size": count,
-        "synth.cmi_negatives": count,
-        "synth.cmi_head_dim": count,
-        "synth.a_bn": non_negative,
-        "synth.a_oh": non_negative,
-        "synth.a_adv": non_negative,
-        "synth.a_tv": non_negative,
-        "synth.a_l2": non_negative,
+        **_each_method(
+            steps=count,
+            warmup_rounds=non_negative_int,
+            lr=positive,
+            bn_ema=real(0, 1, hi_open=True),
+            a_bn=non_negative,
+            a_oh=non_negative,
+            a_adv=non_negative,
+        ),
+        **_each_method(("fast", "nayer", "cmi"), latent_dim=count, generator_width=count),
+        "synth.fast.lr_z": non_negative,
+        "synth.fast.meta": one_of(*META),
+        "synth.fast.reset_l0_round": non_negative_int,
+        "synth.nayer.embed": one_of(*EMBEDS),
+        "synth.nayer.embed_dim": count,
+        "synth.nayer.reinit_every": non_negative_int,
+        "synth.cmi.a_cr": non_negative,
+        "synth.cmi.cr_temperature": positive,
+        "synth.cmi.layers": one_of(*LAYER_SELECTIONS),
+        "synth.cmi.bank_size": count,
+        "synth.cmi.negatives": count,
+        "synth.cmi.head_dim": count,
+        "synth.deepinversion.jitter": non_negative_int,
+        "synth.deepinversion.a_tv": non_negative,
+        "synth.deepinversion.a_l2": non_negative,
         "synth.l_rca": non_negative,
         "synth.rca_sign": one_of(-1.0, 1.0),
         "synth.rca_rep": one_of(*RCA_REPS),
@@ -223,8 +232,8 @@ def problems(config) -> list[str]:
         want = rule(value)
         if want:
             out.append(f"{key}={value!r}: must be {want}")
-    if not out:
-        out += _cross_checks(flat)
+    if not out:  # on the view the run reads: synth's shared keys and its method's
+        out += _cross_checks(flatten(resolved(config)))
     return out
 
 
@@ -255,6 +264,9 @@ def check_config(config) -> None:
 
 
 def unknown_key_hint(key: str, known) -> str:
+    moved = old_key_path(key, known.get("synth.method"))
+    if moved != key:  # a key of the flat synth layout
+        return f"each synthesizer's settings are in its section now: {moved}"
     near = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     if not near:
         section = key.split(".")[0]

@@ -5,7 +5,9 @@
   no longer runs on this host (killed, crashed) is stale and taken over.
 - The run fingerprint (``WORKDIR/fingerprint.json``): the config keys that define a run, all
   but ``SAFE_KEYS``, written with the first start. A rerun whose fingerprint differs stops
-  before any work and lists the differing keys.
+  before any work and lists the differing keys. Only the section of ``synth.method`` is in it
+  (the other methods' sections do not define the run); a fingerprint of the flat synth layout
+  (before the per-method sections) is read in today's keys (``from_flat_layout``).
 - ``config.json`` (the resolved config, versions, devices) is written once the config is
   valid and the checkpoint restored; ``config_history.jsonl`` gets one line per start.
 """
@@ -19,6 +21,7 @@ import socket
 import time
 
 from stars_jax import metrics as metrics_lib
+from stars_jax.config import METHODS, old_key_path
 from stars_jax.errors import DiskFullError, WorkdirError, disk_full_message, is_disk_full
 from stars_jax.paths import is_remote
 from stars_jax.validate import flatten
@@ -55,7 +58,22 @@ FINGERPRINT = "fingerprint.json"
 def fingerprint(config) -> dict:
     """The keys that define a run, with their values (JSON-normalised)."""
     flat = flatten(config.to_dict() if hasattr(config, "to_dict") else config)
-    return json.loads(json.dumps({k: v for k, v in sorted(flat.items()) if k not in SAFE_KEYS}))
+    other = tuple(f"synth.{m}." for m in METHODS if m != flat.get("synth.method"))
+    keep = {k: v for k, v in sorted(flat.items()) if k not in SAFE_KEYS and not k.startswith(other)}
+    return json.loads(json.dumps(keep))
+
+
+def from_flat_layout(stored: dict) -> dict:
+    """A stored fingerprint in today's keys: one of the flat synth layout has its method's
+    settings moved to ``synth.<method>.*`` and the other methods' dropped (they did not
+    define the run); one of today's layout comes back as it is."""
+    method = stored.get("synth.method")
+    out = {}
+    for key, value in stored.items():
+        new = old_key_path(key, method)
+        if new == key or new.startswith(f"synth.{method}."):
+            out[new] = value
+    return out
 
 
 def differences(stored: dict, now: dict) -> dict:
@@ -78,11 +96,15 @@ def check_fingerprint(workdir: Path, config, allow: tuple[str, ...] = ()) -> Non
     path = Path(workdir) / FINGERPRINT
     if not (path.exists() and has_checkpoints(workdir)):
         return
-    diff = differences(json.loads(path.read_text()), fingerprint(config))
+    stored = json.loads(path.read_text())
+    upgraded = from_flat_layout(stored)
+    diff = differences(upgraded, fingerprint(config))
     refused = {k: v for k, v in diff.items() if k not in allow}
     if not refused:
         return
     lines = "\n".join(f"  {k}: {a!r} in the run, {b!r} now" for k, (a, b) in refused.items())
+    if upgraded.keys() != stored.keys():
+        lines += "\n  (the run's keys of the flat synth layout are named as they are today)"
     raise WorkdirError(
         f"{workdir} holds checkpoints of a run made with another config:\n{lines}\n"
         "To start a new run, pass another --workdir. To continue this run, rerun with its "

@@ -26,7 +26,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 def run_steps(out: str) -> None:
     from stars_jax import parallel
-    from stars_jax.config import base_config
+    from stars_jax.config import base_config, set_all_methods, synth_view
     from stars_jax.distill import KDContext, init_train_state, kd_step, make_optimizer
     from stars_jax.models.students import make_student
     from stars_jax.models.teachers import make_teacher
@@ -35,9 +35,11 @@ def run_steps(out: str) -> None:
     mesh = parallel.make_mesh()
     rep, sh = parallel.replicated(mesh), parallel.data_sharded(mesh)
     cfg = base_config()
-    cfg.synth.batch_size, cfg.synth.generator_width, cfg.synth.latent_dim = 16, 8, 16
-    cfg.synth.embed_dim, cfg.synth.cmi_bank_size, cfg.synth.cmi_negatives = 8, 32, 16
-    cfg.synth.cmi_head_dim, cfg.synth.a_cr = 8, 0.8
+    cfg.synth.batch_size = 16
+    set_all_methods(cfg, generator_width=8, latent_dim=16)
+    cfg.synth.nayer.embed_dim = 8
+    cmi = cfg.synth.cmi
+    cmi.bank_size, cmi.negatives, cmi.head_dim, cmi.a_cr = 32, 16, 8, 0.8
     # No crop or flip (as in the KD step below): 1 and 8 devices then see the same pixels.
     cfg.synth.crop_pad, cfg.synth.flip = 0, False
     teacher, student = make_teacher("resnet_tiny", 4), make_student("resnet_tiny", 4, 2)
@@ -49,7 +51,7 @@ def run_steps(out: str) -> None:
     results = {}
     for method in ("deepinversion", "fast", "nayer", "cmi"):
         cfg.synth.method = method
-        syn = make_synthesizer(cfg.synth, teacher, student, SHAPE, 4, MEAN, STD, sh)
+        syn = make_synthesizer(synth_view(cfg.synth), teacher, student, SHAPE, 4, MEAN, STD, sh)
         syn_state = parallel.put(jax.device_get(syn.init(jax.random.key(2), tv)), rep)
         syn_state, work = jax.jit(syn.begin)(syn_state, jax.random.key(3), 0)
         step = jax.jit(syn.step)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from configs.default import get_config
+from stars_jax.config import set_all_methods, synth_view
 from stars_jax.models.students import make_student
 from stars_jax.models.teachers import make_teacher
 from stars_jax.synthesis import make_synthesizer
@@ -31,9 +32,13 @@ def tiny_nets():
 
 
 def _cfg(method="fast", **over):
-    c = get_config(method).synth
-    c.batch_size, c.generator_width, c.latent_dim, c.embed_dim = 8, 8, 16, 8
-    c.cmi_bank_size, c.cmi_negatives, c.cmi_head_dim = 24, 12, 8
+    full = get_config(method)
+    set_all_methods(full, generator_width=8, latent_dim=16)
+    full.synth.nayer.embed_dim = 8
+    cmi = full.synth.cmi
+    cmi.bank_size, cmi.negatives, cmi.head_dim = 24, 12, 8
+    c = synth_view(full.synth)  # what the trainer reads: the shared keys and the method's
+    c.batch_size = 8
     c.steps, c.crop_pad = 3, 2
     for k, v in over.items():
         setattr(c, k, v)

@@ -232,7 +232,7 @@ def test_time_budget_stops_the_job_and_ends_the_schedule(tiny_data, tmp_path):
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
     rounds = summary["rounds"]
     assert 3 < rounds < 10_000, summary
-    warmup = c.synth.warmup_rounds  # synthesis only: no KD step, no learning rate
+    warmup = c.synth.fast.warmup_rounds  # synthesis only: no KD step, no learning rate
     assert summary["kd_steps"] == (rounds - warmup) * c.distill.kd_steps
     # Aimed at the budget: not far over it, and not stopped long before it.
     assert budget_s - 15 < summary["wall_seconds"] < budget_s + 10, (budget_s, summary)

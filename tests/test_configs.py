@@ -1,19 +1,25 @@
-"""Every config file loads, names only keys the base config defines, and uses known names."""
+"""Every config file loads, names only keys the base config defines, uses known names, and
+resolves to the synthesizer settings it had before the per-method sections."""
 
+import json
 from pathlib import Path
 
 import pytest
 from flax import traverse_util
 
-from stars_jax import data, neurons
+import stars_jax
+from stars_jax import data, neurons, validate, workdir
 from stars_jax.config import (
     FAST_TEACHER_WEIGHTS,
-    MEASURED_SYNTH,
-    REFERENCE_SYNTH,
+    METHODS,
     base_config,
     load_config_file,
+    method_sections,
+    old_key_path,
     parse_arg,
-    set_method,
+    resolved,
+    set_all_methods,
+    synth_view,
 )
 from stars_jax.distill import DTYPES, lif_params
 from stars_jax.models.students import STUDENTS
@@ -21,6 +27,9 @@ from stars_jax.models.teachers import TEACHERS
 from stars_jax.synthesis import SYNTHESIZERS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+# Each config file's view (config.resolved, flattened) at commit 9e17e76, before the per-method
+# sections: the run reads the same settings (the other methods' keys are not in a view).
+VIEWS = json.loads((Path(__file__).parent / "golden/config_views.json").read_text())
 
 
 def _keys(c):
@@ -46,21 +55,54 @@ def test_locked_config_rejects_unknown_keys():
         c.distill.kd_step = 3
 
 
-@pytest.mark.parametrize("method", sorted(SYNTHESIZERS))
-@pytest.mark.parametrize("name", ["cifar10.py", "default.py"])
-def test_every_synthesizer_has_reference_settings(name, method):
-    path = CONFIGS[0].parent / name
-    c = load_config_file(path, method)
-    assert c.synth.method == method and _keys(c) == _keys(base_config())
-    want = {**REFERENCE_SYNTH[method], **MEASURED_SYNTH.get(method, {})}
-    if method == "fast" and c.teacher.arch in FAST_TEACHER_WEIGHTS:  # weights follow the teacher
-        want["a_bn"], want["a_oh"], want["a_adv"] = FAST_TEACHER_WEIGHTS[c.teacher.arch]
-    for key, value in want.items():
-        if key not in ("warmup_rounds", "generator_width"):  # CPU scale in default.py
-            assert c.synth[key] == value, key
-    ref = set_method(base_config(), method, reference=True)
-    for key, value in REFERENCE_SYNTH[method].items():
-        assert ref.synth[key] == value, key
+@pytest.mark.parametrize("name", sorted(VIEWS))
+def test_every_config_resolves_to_the_settings_it_had(name):
+    """Config file, argument (and a method chosen on the command line, for tiny.py) -> the
+    flat view the trainer reads, equal to the recorded one key for key."""
+    file, _, arg = name.partition(":")
+    arg, _, method = arg.partition(" with synth.method=")
+    c = load_config_file(CONFIGS[0].parent / file, None if arg == "None" else arg)
+    if method:
+        c.synth.method = method
+    got = json.loads(json.dumps(validate.flatten(resolved(c))))
+    want = json.loads(
+        json.dumps(VIEWS[name]).replace("{stars_jax}", str(Path(stars_jax.__file__).parent))
+    )
+    assert got == want
+
+
+def test_sections_are_the_synthesizers_and_choosing_one_overwrites_nothing():
+    assert set(METHODS) == set(SYNTHESIZERS)
+    c = base_config()
+    shared = {k for k in c.synth if k not in METHODS}
+    for method, section in method_sections().items():
+        assert not shared & set(section), method  # a view's keys are unambiguous
+        c.synth.method = method
+        assert synth_view(c.synth).to_dict() == {
+            **{k: c.synth[k] for k in shared},
+            **section.to_dict(),
+        }
+    c = load_config_file(CONFIGS[0].parent / "default.py")
+    c.synth.fast.steps, c.synth.method = 7, "nayer"
+    assert c.synth.fast.steps == 7 and synth_view(c.synth).steps == 40
+    with pytest.raises(KeyError, match="no_such"):
+        set_all_methods(c, no_such=1)
+
+
+def test_old_flat_keys_map_to_their_section():
+    assert old_key_path("synth.steps", "nayer") == "synth.nayer.steps"
+    assert old_key_path("synth.cmi_bank_size", "cmi") == "synth.cmi.bank_size"
+    assert old_key_path("synth.jitter", "fast") == "synth.deepinversion.jitter"  # not Fast's
+    assert old_key_path("synth.l_rca", "fast") == "synth.l_rca"  # shared: unchanged
+    assert old_key_path("distill.lr", "fast") == "distill.lr"
+    msg = validate.unknown_key_message(
+        "synth.a_cr", load_config_file(CONFIGS[0].parent / "tiny.py")
+    )
+    assert "synth.cmi.a_cr" in msg
+    assert workdir.from_flat_layout({"synth.method": "cmi", "synth.cmi_layers": "all"}) == {
+        "synth.method": "cmi",
+        "synth.cmi.layers": "all",
+    }
 
 
 def test_fast_weights_follow_the_teacher():
@@ -68,12 +110,11 @@ def test_fast_weights_follow_the_teacher():
         if teacher == "vgg11":
             continue  # no CIFAR-10 vgg11 teacher row in configs/cifar10.py
         c = load_config_file(CONFIGS[0].parent / "cifar10.py", f"fast,{teacher}")
-        assert (c.synth.a_bn, c.synth.a_oh, c.synth.a_adv) == (a_bn, a_oh, a_adv)
+        fast = c.synth.fast
+        assert (fast.a_bn, fast.a_oh, fast.a_adv) == (a_bn, a_oh, a_adv)
         assert c.teacher.arch == teacher
     with pytest.raises(ValueError, match="valid"):
         load_config_file(CONFIGS[0].parent / "cifar10.py", "fast,resnet50")
-    with pytest.raises(ValueError, match="valid"):
-        set_method(base_config(), "gan")
 
 
 def test_parse_arg():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
-from stars_jax.config import base_config, set_method
+from stars_jax.config import base_config, set_all_methods, synth_view
 from stars_jax.energy import op_counts_fn
 from stars_jax.models.generators import Generator
 from stars_jax.models.students import SpikingResNet
@@ -79,7 +79,9 @@ def test_step_and_round_flops_compose_the_passes():
     assert s[0] == b * 16 * 16 * 8 * 27
     assert flops.kd_step_flops(teacher, student, b, shape) == 2 * (sum(t) + 3 * sum(s) - s[0])
     cfg = base_config().synth
-    cfg.method, cfg.batch_size, cfg.a_adv, cfg.l_rca = "deepinversion", b, 0.5, 0.0
+    cfg.method = "deepinversion"
+    cfg = synth_view(cfg)
+    cfg.batch_size, cfg.a_adv, cfg.l_rca = b, 0.5, 0.0
     synth = flops.synthesis_step_flops(cfg, teacher, student, shape, 10)
     assert synth == 2 * (2 * sum(t) + 2 * sum(s))
     warm = flops.synthesis_step_flops(cfg, teacher, student, shape, 10, warmup=True)
@@ -94,10 +96,11 @@ def test_step_and_round_flops_compose_the_passes():
 def test_generator_methods_add_a_trained_generator(method):
     teacher, student = _tiny()
     cfg = base_config()
-    set_method(cfg, method)
-    syn = cfg.synth
-    syn.batch_size, syn.generator_width, syn.latent_dim, syn.embed_dim = 8, 8, 16, 16
-    syn.cmi_bank_size, syn.cmi_negatives, syn.cmi_head_dim = 64, 16, 16
+    cfg.synth.method, cfg.synth.batch_size = method, 8
+    set_all_methods(cfg, generator_width=8, latent_dim=16)
+    cfg.synth.nayer.embed_dim = 16
+    cfg.synth.cmi.bank_size, cfg.synth.cmi.negatives, cfg.synth.cmi.head_dim = 64, 16, 16
+    syn = synth_view(cfg.synth)
     got = flops.synthesis_step_flops(syn, teacher, student, (16, 16, 3), 10)
     method, syn.method = syn.method, "deepinversion"
     pixels = flops.synthesis_step_flops(syn, teacher, student, (16, 16, 3), 10)

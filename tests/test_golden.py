@@ -21,7 +21,7 @@ GOLDEN = json.loads((ROOT / "tests/golden/tiny_runs.json").read_text())
 
 # The recorded variants: the tiny config as it is (Fast, STARS on), and CMI with its
 # contrastive term (the generator step with a method's own term). Overrides in today's keys.
-VARIANTS = {"fast": {}, "cmi_cr": {"synth.method": "cmi", "synth.a_cr": 0.8}}
+VARIANTS = {"fast": {}, "cmi_cr": {"synth.method": "cmi", "synth.cmi.a_cr": 0.8}}
 
 
 def _set(c, key, value):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stars_jax import strength
-from stars_jax.config import base_config
+from stars_jax.config import base_config, synth_view
 from stars_jax.models.students import make_student
 from stars_jax.models.teachers import make_teacher
 from stars_jax.objective import synthesis_loss
@@ -23,7 +23,7 @@ def setup():
     sv = student.init(jax.random.key(1), jnp.zeros((2, *SHAPE)))
     x = jax.random.normal(jax.random.key(2), (8, *SHAPE))
     y = jnp.arange(8) % K
-    cfg = base_config().synth
+    cfg = synth_view(base_config().synth)  # the flat view the trainer reads
     cfg.a_bn, cfg.a_oh, cfg.a_adv, cfg.l_rca, cfg.l_tar = 10.0, 0.5, 1.1, 2.0, 3.0
     kw = dict(teacher=teacher, student=student)
     return x, y, tv, sv, cfg, kw

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from configs.default import get_config
 from stars_jax import convert
+from stars_jax.config import synth_view
 from stars_jax.models.teachers import make_teacher
 from stars_jax.synthesis import StepInputs, make_synthesizer
 from tests.torch_reference import (
@@ -89,7 +90,7 @@ def _torch_fast_round(gen, teacher, z, labels, cfg):
 
 @pytest.mark.parametrize("meta", ["fomaml", "reptile"])
 def test_fast_round_matches_pytorch(meta):
-    cfg = get_config().synth
+    cfg = synth_view(get_config().synth)
     cfg.method, cfg.meta, cfg.steps = "fast", meta, STEPS
     cfg.batch_size, cfg.latent_dim, cfg.generator_width = BATCH, NZ, NGF
     cfg.lr, cfg.lr_z, cfg.a_bn, cfg.a_oh, cfg.bn_ema = 5e-3, 0.015, 10.0, 0.4, 0.9

@@ -48,8 +48,11 @@ def _config(data, cache, **over):
     c = load_config_file(TINY, str(data))
     c.teacher.cache_dir = str(cache)
     for key, value in over.items():
-        section, name = key.split(".")
-        setattr(c[section], name, value)
+        *path, name = key.split(".")
+        node = c
+        for p in path:
+            node = node[p]
+        setattr(node, name, value)
     return c
 
 
@@ -161,10 +164,10 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     # 3. NaN in a loss stops with the round and term named; the last checkpoint stays.
     # (A NaN weight is now refused up front by validation; 1e39 passes it as a finite Python
     # float but overflows to inf in the float32 loss.)
-    bad = _config(tiny_data, cache, **{"distill.rounds": 8, "synth.a_adv": 1e39})
+    bad = _config(tiny_data, cache, **{"distill.rounds": 8, "synth.fast.a_adv": 1e39})
     with pytest.raises(FloatingPointError, match=r"synth/loss in round 7.*5.diverged.*round 4"):
         # The weight differs from the run's: allowed explicitly (the run fingerprint).
-        train.train_and_evaluate(bad, ref_dir, allow_config_change=("synth.a_adv",))
+        train.train_and_evaluate(bad, ref_dir, allow_config_change=("synth.fast.a_adv",))
     # The round before the NaN may have trained it into the weights: its checkpoint is set
     # aside (kept), and a rerun resumes from the one before.
     assert (ref_dir / "checkpoints" / "5.diverged").is_dir()

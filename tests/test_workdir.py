@@ -38,7 +38,7 @@ def test_every_key_of_every_config_has_a_rule_and_the_defaults_pass():
         ("ckpt.every", 0, "ckpt.every=0: must be an integer >= 1"),
         ("synth.method", "gan", "synth.method='gan': must be one of 'deepinversion'"),
         ("neuron.v_threshold", float("nan"), "neuron.v_threshold=nan: must be a finite"),
-        ("synth.bn_ema", 1.0, "synth.bn_ema=1.0: must be a finite number >= 0 and < 1"),
+        ("synth.cmi.bn_ema", 1.0, "synth.cmi.bn_ema=1.0: must be a finite number >= 0 and < 1"),
         ("mesh.data", 0, "mesh.data=0: must be an integer >= 1 (or -1)"),
         ("synth.tar_k", (), "synth.tar_k=(): must be a non-empty tuple"),
         ("synth.rca_sign", 0.5, "synth.rca_sign=0.5: must be one of -1.0, 1.0"),
@@ -46,9 +46,12 @@ def test_every_key_of_every_config_has_a_rule_and_the_defaults_pass():
 )
 def test_bad_values_name_the_key_the_value_and_the_range(key, value, words):
     c = base_config()
-    section, name = key.split(".")
+    *path, name = key.split(".")
+    node = c
+    for p in path:
+        node = node[p]
     with c.unlocked():
-        c[section][name] = value
+        node[name] = value
     with pytest.raises(errors.ConfigError) as err:
         validate.check_config(c)
     assert words in str(err.value), str(err.value)
@@ -57,7 +60,7 @@ def test_bad_values_name_the_key_the_value_and_the_range(key, value, words):
 
 def test_all_bad_values_are_listed_at_once_and_cross_checks():
     c = base_config()
-    c.distill.lr, c.synth.steps = -1.0, 0
+    c.distill.lr, c.synth.nayer.steps = -1.0, 0
     assert len(validate.problems(c)) == 2
     c = base_config()
     c.distill.lr_min = 1.0
@@ -192,6 +195,35 @@ def test_keys_of_another_version_do_not_stop_a_resume(tmp_path):
     config.seed = 5
     with pytest.raises(errors.WorkdirError, match="seed: 0 in the run, 5 now"):
         workdir_lib.check_fingerprint(tmp_path, config)
+
+
+def _flat_layout(fp: dict) -> dict:
+    """Today's fingerprint as stars_jax wrote it before the per-method synth sections."""
+    method, old = fp["synth.method"], {"layers": "cmi_layers", "bank_size": "cmi_bank_size"}
+    old.update(negatives="cmi_negatives", head_dim="cmi_head_dim")
+    out = {"synth.jitter": 2, "synth.embed": "fixed"}  # other methods' keys were stored too
+    for key, value in fp.items():
+        name = key.removeprefix(f"synth.{method}.")
+        out[f"synth.{old.get(name, name)}" if name != key else key] = value
+    return out
+
+
+def test_a_fingerprint_of_the_flat_synth_layout_resumes_and_still_refuses(tmp_path):
+    config = load_config_file(ROOT / "configs" / "tiny.py", "")
+    config.synth.method = "cmi"
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    old = _flat_layout(workdir_lib.fingerprint(config))
+    assert "synth.cmi_bank_size" in old and "synth.steps" in old
+    (tmp_path / workdir_lib.FINGERPRINT).write_text(json.dumps(old))
+    workdir_lib.check_fingerprint(tmp_path, config)  # the same run: resumes
+    config.synth.nayer.steps = 99  # another method's section does not define the run
+    workdir_lib.check_fingerprint(tmp_path, config)
+    config.synth.cmi.bank_size = 64
+    with pytest.raises(errors.WorkdirError) as err:
+        workdir_lib.check_fingerprint(tmp_path, config)
+    assert "synth.cmi.bank_size: 32 in the run, 64 now" in str(err.value)
+    assert "flat synth layout" in str(err.value)
+    assert "--allow_config_change=synth.cmi.bank_size" in str(err.value)
 
 
 def test_a_rerun_with_another_config_stops_before_any_work(tiny_data, tmp_path):

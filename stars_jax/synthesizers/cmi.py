@@ -74,24 +74,24 @@ def contrastive_loss(project, local, glob, neg_local, neg_glob, valid, temperatu
 
 def make_cmi(s: SynthSetup) -> CMI:
     """CMI (contrastive model inversion): every round a freshly initialised generator and its
-    latents take ``synth.steps`` Adam steps on L_syn plus ``synth.a_cr`` times a contrastive
+    latents take ``synth.cmi.steps`` Adam steps on L_syn plus ``synth.cmi.a_cr`` times a contrastive
     term that pushes each image's teacher features (spatial means of the BN inputs of
-    ``synth.cmi_layers``) away from those of the other images and of up to
-    ``synth.cmi_negatives`` earlier kept images (a bank of ``synth.cmi_bank_size``), through a
+    ``synth.cmi.layers``) away from those of the other images and of up to
+    ``synth.cmi.negatives`` earlier kept images (a bank of ``synth.cmi.bank_size``), through a
     persistent projection head; positives are a global (crop + flip) and a local
     (random-resized-crop, area 25-100 %) view of the same image."""
     cfg = s.cfg
     names, channels = bn_channels(s.teacher, s.image_shape)
-    idx = tuple(select_layers(names, cfg.cmi_layers))
+    idx = tuple(select_layers(names, cfg.layers))
     dim = sum(channels[i] for i in idx)
     gen = Generator(tuple(s.image_shape), cfg.generator_width)
     return CMI(
         s,
         method=GeneratorMethod(s, gen, generator_adam(cfg.lr), lambda tr, labels: tr["z"]),
-        head=ProjectionHead(hidden=dim, out=cfg.cmi_head_dim),
+        head=ProjectionHead(hidden=dim, out=cfg.head_dim),
         idx=idx,
         dim=dim,
-        n_neg=min(cfg.cmi_negatives, cfg.cmi_bank_size),
+        n_neg=min(cfg.negatives, cfg.bank_size),
         head_opt=optax.adam(cfg.lr),
     )
 
@@ -109,7 +109,7 @@ class CMI(Synthesizer):
     def init(self, key, teacher_vars):
         cfg = self.s.cfg
         hp = self.head.init(key, jnp.zeros((2, self.dim)))["params"]
-        feats = jnp.zeros((cfg.cmi_bank_size, 2 * self.dim), jnp.float32)
+        feats = jnp.zeros((cfg.bank_size, 2 * self.dim), jnp.float32)
         count, cursor = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)  # distinct: donated
         return CMIState(hp, self.head_opt.init(hp), feats, count, cursor)
 

@@ -27,7 +27,8 @@ from stars_jax.synthesizers.common import (
 
 def make_deepinversion(s: SynthSetup) -> DeepInversion:
     """Adam on the pixels of a batch drawn from N(0, 1) in normalised space, clipped to valid
-    pixels after every step; DeepInversion's roll jitter and flip (``synth.jitter``)."""
+    pixels after every step; DeepInversion's roll jitter and flip
+    (``synth.deepinversion.jitter``)."""
     mean, std = jnp.asarray(s.mean), jnp.asarray(s.std)
     lo, hi = (0.0 - mean) / std, (1.0 - mean) / std
     return DeepInversion(s, optax.adam(s.cfg.lr, b1=0.5, b2=0.99), mean, std, lo, hi)

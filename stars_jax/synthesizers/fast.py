@@ -55,10 +55,10 @@ META = {"fomaml": True, "reptile": False}
 
 def make_fast(s: SynthSetup) -> Fast:
     """Fast DFKD (``fast_meta.py``): every round a copy of the persistent generator and fresh
-    N(0, 1) latents take ``synth.steps`` joint Adam steps; then the persistent generator takes
-    one meta step: first-order MAML (``synth.meta='fomaml'``, the reference default: the sum
+    N(0, 1) latents take ``synth.fast.steps`` joint Adam steps; then the persistent generator takes
+    one meta step: first-order MAML (``synth.fast.meta='fomaml'``, the reference default: the sum
     of the inner gradients) or Reptile (``'reptile'``: towards the adapted copy), with Adam at
-    ``lr * steps``. ``synth.reset_l0_round`` re-draws the first layer and its BN once,
+    ``lr * steps``. ``synth.fast.reset_l0_round`` re-draws the first layer and its BN once,
     before that round."""
     cfg = s.cfg
     gen = Generator(tuple(s.image_shape), cfg.generator_width)

@@ -59,12 +59,12 @@ def make_nayer(s: SynthSetup) -> Nayer:
     """NAYER (CVPR 2024): a class-conditional generator. Each sample's input is its label's
     embedding, through a BatchNorm and a "noisy layer" (a Linear re-drawn from N(0, 1) every
     round, one per chunk of ``num_classes`` samples) into Fast's generator body. The generator
-    persists and takes ``synth.steps`` Adam steps per round (fresh optimizer, no meta step);
-    ``synth.reinit_every`` rounds it is re-initialised (NAYER's ``g_life``). Labels are
+    persists and takes ``synth.nayer.steps`` Adam steps per round (fresh optimizer, no meta step);
+    ``synth.nayer.reinit_every`` rounds it is re-initialised (NAYER's ``g_life``). Labels are
     balanced (each class once per chunk).
 
     NAYER embeds class names with a CLIP text encoder; none can be downloaded here, so the
-    embeddings are N(0, 1) vectors drawn from the seed (``synth.embed='fixed'``: nearly
+    embeddings are N(0, 1) vectors drawn from the seed (``synth.nayer.embed='fixed'``: nearly
     orthogonal, like unrelated class names) or such vectors trained with the generator
     (``'learned'``), where the teacher's gradients may place similar classes nearby.
     """
