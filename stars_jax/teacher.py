@@ -75,28 +75,12 @@ def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_d
         lambda s, x, y, k: _train_step(model, optimizer, mean, std, flip, s, x, y, k),
         donate_argnums=0,
     )
-    rng = np.random.default_rng(config.seed)
-    t0 = time.time()
     print(
         f"Training teacher {tcfg.arch} on {config.data.name}: {tcfg.train_epochs} epochs "
         f"of {steps_per_epoch} steps (batch {bs}).",
         flush=True,
     )
-    for epoch in range(tcfg.train_epochs):
-        order = rng.permutation(len(train.images))
-        loss_sum = 0.0
-        for i in range(steps_per_epoch):
-            idx = order[i * bs : (i + 1) * bs]
-            k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
-            state, loss = step(state, train.images[idx], train.labels[idx], k)
-            if i % 50 == 0 or i == steps_per_epoch - 1:
-                loss_sum = float(loss)
-                _check_finite_loss(loss_sum, epoch, i)
-        print(
-            f"  epoch {epoch + 1}/{tcfg.train_epochs}: loss {loss_sum:.3f}, "
-            f"{time.time() - t0:.0f}s",
-            flush=True,
-        )
+    state = _fit(step, state, train, bs, tcfg.train_epochs, key, config.seed)
     path = save_model_dir(
         out_dir,
         kind="teacher",
@@ -122,6 +106,29 @@ def train_teacher(config, train: data_lib.Dataset, test: data_lib.Dataset, out_d
         flush=True,
     )
     return path
+
+
+def _fit(step, state, train: data_lib.Dataset, bs: int, epochs: int, key, seed: int):
+    """``epochs`` of shuffled batches through the jitted ``step``; a loss that went
+    non-finite stops it (``_check_finite_loss``)."""
+    steps_per_epoch = len(train.images) // bs
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    for epoch in range(epochs):
+        order = rng.permutation(len(train.images))
+        loss_sum = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * bs : (i + 1) * bs]
+            k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
+            state, loss = step(state, train.images[idx], train.labels[idx], k)
+            if i % 50 == 0 or i == steps_per_epoch - 1:
+                loss_sum = float(loss)
+                _check_finite_loss(loss_sum, epoch, i)
+        print(
+            f"  epoch {epoch + 1}/{epochs}: loss {loss_sum:.3f}, {time.time() - t0:.0f}s",
+            flush=True,
+        )
+    return state
 
 
 def _check_finite_loss(loss: float, epoch: int, step: int) -> None:

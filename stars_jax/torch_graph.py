@@ -92,6 +92,12 @@ def _linear(node, m, in_shape):
     return "linear", {"features": m.out_features, "bias": m.bias is not None}
 
 
+def _bound_pool(node, shapes, b: dict, dilation, kind: str) -> dict:
+    """``pool_attrs`` of a functional pooling call's bound arguments ``b``."""
+    size, stride, pad = b["kernel_size"], b["stride"], b["padding"]
+    return pool_attrs(node, shapes[b["input"]], size, stride, pad, dilation, b["ceil_mode"], kind)
+
+
 def pool_attrs(node, in_shape, kernel, stride, padding, dilation, ceil_mode, kind: str) -> dict:
     """Window, strides and explicit ``[[lo, hi], [lo, hi]]`` padding (ceil_mode as extra
     right padding for max pooling) of a torch max/avg pooling."""
@@ -254,17 +260,7 @@ def _translate_pool_call(node, name, args, kwargs, shapes):
         b = _bind(node, names, args, kwargs)
         if b["return_indices"]:
             raise _refuse(node, "max_pool2d", "return_indices=True")
-        attrs = pool_attrs(
-            node,
-            shapes[b["input"]],
-            b["kernel_size"],
-            b["stride"],
-            b["padding"],
-            b["dilation"],
-            b["ceil_mode"],
-            "max",
-        )
-        return "max_pool", [b["input"]], attrs
+        return "max_pool", [b["input"]], _bound_pool(node, shapes, b, b["dilation"], "max")
     if name == "avg_pool2d":
         names = (
             *_POOL_ARGS,
@@ -275,16 +271,7 @@ def _translate_pool_call(node, name, args, kwargs, shapes):
         b = _bind(node, names, args, kwargs)
         if b["divisor_override"]:
             raise _refuse(node, "avg_pool2d", "divisor_override")
-        attrs = pool_attrs(
-            node,
-            shapes[b["input"]],
-            b["kernel_size"],
-            b["stride"],
-            b["padding"],
-            1,
-            b["ceil_mode"],
-            "avg",
-        )
+        attrs = _bound_pool(node, shapes, b, 1, "avg")
         return "avg_pool", [b["input"]], {**attrs, "count_include_pad": b["count_include_pad"]}
     raise _refuse(node, name)
 

@@ -181,13 +181,18 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
         raise errors.Interrupted(_interrupted_message(job, p, r)) from None
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = evaluate_student()
+    return _record(job, r, result, health, tracker, elapsed())
+
+
+def _record(job: Job, rounds: int, result: dict, health: list, tracker, wall_s: float):
+    distill_cfg = job.config.distill
     return RunRecord(
         teacher_top1=job.teacher_top1,
         student=result,
-        rounds=r,
+        rounds=rounds,
         warmup_rounds=job.warmup_rounds,
         time_budget_s=float(distill_cfg.time_budget_s),
-        wall_seconds=round(elapsed(), 1),
+        wall_seconds=round(wall_s, 1),
         time_breakdown={k: round(v, 2) for k, v in tracker.spent.items()},
         synthesis=run_outputs.health_summary(health, job.real_health, job.warmup_rounds)
         if distill_cfg.mode == "data_free"
