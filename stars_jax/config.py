@@ -32,6 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Image folders and Tiny-ImageNet: keep the decoded arrays here (.npz, keyed on every
     # file's path, size and mtime) so reruns skip decoding; "" = decode every time.
     c.data.cache_dir = ""
+    # A validation part held out of the training split, N images a class (0 = none), drawn by
+    # val_seed: split "val" evaluates on it, for choosing settings; the student never sees it
+    # (nor any training image), and the test split stays for reporting (stars_jax.data).
+    c.data.val_per_class = 0
+    c.data.val_seed = 0
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.arch = "resnet_small"

@@ -196,6 +196,44 @@ def _subdirs(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
 
 
+# ----------------------------------------------------------------------------- validation part
+VAL_SPLIT = "val"  # The split name load_split gives the held-out part of the training split.
+
+
+def holdout_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices ``[per_class * K]`` into labels ``[N]``: ``per_class`` of every class.
+
+    Drawn without replacement by ``seed`` alone (one permutation of the dataset order), so the
+    same files and seed give the same part on every machine.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    if per_class < 1 or per_class >= counts.min():
+        raise ConfigError(
+            f"val_per_class must be in [1, {counts.min() - 1}] (the smallest class has "
+            f"{counts.min()} training images), got {per_class}"
+        )
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    picks = [perm[labels[perm] == c][:per_class] for c in classes]
+    return np.sort(np.concatenate(picks))
+
+
+def take(ds: Dataset, indices: np.ndarray) -> Dataset:
+    """The samples of ``ds`` at ``indices``, in that order."""
+    return Dataset(ds.images[indices], ds.labels[indices], ds.class_names)
+
+
+def balanced_subset(ds: Dataset, limit: int | None) -> Dataset:
+    """The class-balanced subset of the module docstring (all of ``ds`` for None or 0)."""
+    return take(ds, _balanced_indices(ds.labels, limit or None))
+
+
+def split_holdout(ds: Dataset, per_class: int, seed: int) -> tuple[Dataset, Dataset, np.ndarray]:
+    """``(train minus validation, validation, validation indices into ds)``, disjoint."""
+    val_idx = holdout_indices(ds.labels, per_class, seed)
+    rest = np.setdiff1d(np.arange(len(ds.labels)), val_idx, assume_unique=True)
+    return take(ds, rest), take(ds, val_idx), val_idx
+
+
 # ----------------------------------------------------------------------------- image folder
 def load_image_folder(
     root: str, split: str, limit: int | None = None, cache_dir: str | None = None
@@ -570,7 +608,31 @@ _CACHED = ("image_folder", "tiny_imagenet")
 
 
 def load_split(data_cfg, split: str, limit: int | None = None) -> Dataset:
-    """Loads one split of a ``config.data`` section; a missing dataset says what to do."""
+    """Loads one split of a ``config.data`` section; a missing dataset says what to do.
+
+    With ``data_cfg.val_per_class`` N > 0 the training split is cut in two by
+    ``split_holdout`` (seed ``data_cfg.val_seed``): split ``train_split`` is what is left and
+    split ``VAL_SPLIT`` ('val') the N held-out images of every class, for choosing settings;
+    report the test split only for the settings chosen. ``limit`` then applies to the part.
+    """
+    per_class = int(data_cfg.get("val_per_class", 0) or 0)
+    if split == VAL_SPLIT and per_class < 1:
+        raise ConfigError(f"split {VAL_SPLIT!r} needs data.val_per_class > 0 (images a class)")
+    if per_class < 1 or split not in (VAL_SPLIT, data_cfg.train_split):
+        return _load_raw_split(data_cfg, split, limit)
+    rest, val, _ = load_train_val(data_cfg)
+    return balanced_subset(val if split == VAL_SPLIT else rest, limit)
+
+
+def load_train_val(data_cfg) -> tuple[Dataset, Dataset, np.ndarray]:
+    """``split_holdout`` of the training split by ``data_cfg.val_per_class`` / ``val_seed``."""
+    whole = _load_raw_split(data_cfg, data_cfg.train_split, None)
+    per_class, seed = int(data_cfg.get("val_per_class", 0)), int(data_cfg.get("val_seed", 0))
+    return split_holdout(whole, per_class, seed)
+
+
+def _load_raw_split(data_cfg, split: str, limit: int | None) -> Dataset:
+    """One split as its loader returns it; a missing dataset says what to do."""
     try:
         if not Path(data_cfg.path).exists() and data_cfg.kind != "tfds":
             raise MissingInputError(f"Dataset path {data_cfg.path} does not exist.")

@@ -70,6 +70,8 @@ def data_identity(data_cfg) -> str:
     and sizes)."""
     path = Path(data_cfg.path).expanduser()
     record = {"path": str(path.resolve()) if path.exists() else str(path), "kind": data_cfg.kind}
+    if data_cfg.get("val_per_class", 0):  # a teacher trained without the validation part
+        record["val"] = [int(data_cfg.val_per_class), int(data_cfg.get("val_seed", 0))]
     if path.is_dir():
         record["folders"] = _folder_summary(path)
         record["files"] = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}

@@ -119,6 +119,8 @@ def _rules() -> dict[str, Rule]:
         "data.num_classes": integer(2),
         "data.eval_limit": non_negative_int,
         "data.eval_batch_size": count,
+        "data.val_per_class": non_negative_int,
+        "data.val_seed": non_negative_int,
         "teacher.arch": one_of(*TEACHERS),
         "teacher.dir": text,
         "teacher.cache_dir": text,

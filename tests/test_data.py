@@ -507,3 +507,45 @@ def test_real_fashion_mnist():
     assert ds.labels[0] == 9  # the first test image is the well-known ankle boot
     mean = ds.images.mean() / 255
     assert abs(mean - NORMALIZATION["fashion_mnist"][0][0]) < 0.01
+
+
+# ----------------------------------------------------------------------------- validation part
+
+
+def test_holdout_is_class_balanced_disjoint_and_fixed_by_seed():
+    labels = np.repeat(np.arange(4), [5, 7, 6, 9])[_rng(3).permutation(27)]
+    val = data.holdout_indices(labels, 3, seed=0)
+    np.testing.assert_array_equal(np.bincount(labels[val]), [3, 3, 3, 3])
+    assert len(set(val.tolist())) == 12 and np.all(np.diff(val) > 0)
+    np.testing.assert_array_equal(val, data.holdout_indices(labels, 3, seed=0))
+    assert not np.array_equal(val, data.holdout_indices(labels, 3, seed=1))
+    ds = data.Dataset(np.arange(27, dtype=np.uint8)[:, None, None, None], labels, ("a",) * 4)
+    rest, part, idx = data.split_holdout(ds, 3, seed=0)
+    np.testing.assert_array_equal(idx, val)
+    assert set(rest.images.ravel()) | set(part.images.ravel()) == set(range(27))
+    assert not set(rest.images.ravel()) & set(part.images.ravel())
+    with pytest.raises(ValueError, match="val_per_class"):
+        data.holdout_indices(labels, 5, seed=0)  # the smallest class has 5: none left to train
+
+
+def _folder_cfg(root, **extra):
+    import ml_collections
+
+    keys = dict(name="folder", kind="image_folder", path=str(root), cache_dir="")
+    return ml_collections.ConfigDict({**keys, "train_split": "train", **extra})
+
+
+def test_load_split_val_is_held_out_of_train(image_folder):
+    root, _ = image_folder
+    whole = data.load_split(_folder_cfg(root), "train")  # no val_per_class key: whole split
+    cfg = _folder_cfg(root, val_per_class=1, val_seed=0)
+    train, val = data.load_split(cfg, "train"), data.load_split(cfg, "val")
+    np.testing.assert_array_equal(np.bincount(val.labels), [1, 1, 1])
+    np.testing.assert_array_equal(np.bincount(train.labels), [1, 1, 1])
+    seen = {im.tobytes() for im in train.images}
+    assert not seen & {im.tobytes() for im in val.images}
+    assert seen | {im.tobytes() for im in val.images} == {im.tobytes() for im in whole.images}
+    np.testing.assert_array_equal(data.load_split(cfg, "val").images, val.images)
+    assert len(data.load_split(cfg, "test").labels) == 4  # other splits are untouched
+    with pytest.raises(ValueError, match="val_per_class"):
+        data.load_split(_folder_cfg(root), "val")

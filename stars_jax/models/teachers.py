@@ -158,6 +158,9 @@ TEACHERS = {
     "wrn16_2": functools.partial(WideResNet, depth=16, widen=2),
     "wrn40_2": functools.partial(WideResNet, depth=40, widen=2),
     "vgg11": functools.partial(VGG, groups=VGG11_GROUPS),
+    # He et al.'s CIFAR ResNet-14 (6n + 2, n = 2; 16/32/64 wide, 0.18 M parameters, projection
+    # shortcuts): the CPU CIFAR-10 teacher (stars_jax/assets/teachers/cifar10_resnet14).
+    "resnet14": functools.partial(ResNet, stage_sizes=(2, 2, 2), widths=(16, 32, 64)),
     # Tiny variants for tests and CPU demos; same code paths (shortcuts, pooling) at small width.
     "resnet_tiny": functools.partial(ResNet, stage_sizes=(1, 1), widths=(8, 16)),
     "resnet_small": functools.partial(ResNet, stage_sizes=(1, 1), widths=(16, 32)),
