@@ -50,7 +50,10 @@ def test_one_step_each_matches_on_1_and_8_devices(tmp_path):
         "kd/kd",
     } <= set(keys)
     for k in keys:
-        np.testing.assert_allclose(eight[k], one[k], rtol=1e-5, atol=2e-6, err_msg=k)
+        # Kept batches are uint8: a pixel at a rounding boundary may move by one level when
+        # 8 devices reduce in another order; the floats underneath agree to 1e-5.
+        tol = dict(rtol=0, atol=1) if k.endswith("/images") else dict(rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(eight[k], one[k], err_msg=k, **tol)
     # Statistics over the global batch: per-device BN (2 images each) would have given other
     # running variances, off by far more than the 1-vs-8 tolerance above.
     global_var = eight["state['batch_stats']['bn1']['var']"]
