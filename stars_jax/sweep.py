@@ -383,13 +383,9 @@ def check_runs_config(args, shared: list[str], variants: list[Variant]) -> None:
     """Each variant's config as its runs will load it (file, shared and own overrides),
     checked once before the first run starts: a bad key or value is one error now, not a
     failure in every run."""
-    config = cli.with_installed_configs([f"--config={args.config}"])[0].split("=", 1)[1]
-    path = config.partition(":")[0]
-    if not Path(path).is_file():
-        raise ConfigError(
-            f"The config file {path!r} does not exist (from {Path.cwd()}); give a path such as "
-            "configs/default.py, relative to the directory the sweep runs in."
-        )
+    flag = cli.with_installed_configs([f"--config={args.config}"])  # as main looks it up
+    cli.check_config_path(flag)
+    config = flag[0].split("=", 1)[1]
     for v in variants:
         over = [*shared, *(f"--config.{k}={x}" for k, x in v.overrides)]
         argv = [PROG, f"--config={config}", *over]

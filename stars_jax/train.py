@@ -151,9 +151,7 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
             warm = r < job.warmup_rounds
             m, out = _round(job, p, r, tracker, state.reference)
             if not warm and out.images is not None:
-                health.append(
-                    {k: float(m[k]) for k in (*run_outputs.HEALTH_KEYS, "synth/bank_entropy")}
-                )
+                health.append({k: float(m[k]) for k in run_outputs.ROUND_HEALTH_KEYS})
             # Warm-up rounds (synthesis only) are not planned for: the budget plans from the
             # student rounds after them.
             evaluate = (r + 1) % distill_cfg.eval_every == 0 and not warm

@@ -146,10 +146,7 @@ def _take(path: Path) -> bool:
         fd = os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFullError(disk_full_message(path, err)) from err
-        raise
+    # (A full disk here is an OSError naming the path: errors.report_user_errors words it.)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(holder, f)
