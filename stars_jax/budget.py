@@ -125,6 +125,38 @@ def decide(
     return Plan(fit, fit, refit=refit, notes=notes, reported=reported)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def expected_note(rounds_left: int, timings: Timings, eval_every: int) -> str:
+    """The log line that says how long the rest of a run is expected to take, from the first
+    clean round's time (saves, which are short, are left out)."""
+    t = timings
+    evals = rounds_left // max(eval_every, 1) + 1  # the periodic ones and the final one
+    seconds = rounds_left * t.round_s + evals * t.eval_s
+    return (
+        f"Expected: {rounds_left} more rounds at {t.round_s:.2f} s each and {evals} "
+        f"evaluations at {t.eval_s:.1f} s, about {_duration(seconds)} more on this machine."
+    )
+
+
+def warmup_note(
+    budget_s: float, elapsed_s: float, warm_done: int, warm_total: int, last_round_s: float
+) -> str | None:
+    """A warning, during the synthesis warm-up, once the warm-up alone is known to overrun the
+    time budget (the budget plans only the student's rounds after it); None while it fits.
+    After the first warm-up round, which compiles, only a budget already spent counts."""
+    projected = elapsed_s + (warm_total - warm_done) * last_round_s * (warm_done > 1)
+    if projected <= budget_s:
+        return None
+    return (
+        f"Warning: the synthesis warm-up ({warm_total} rounds) takes about {projected:.0f} s, "
+        f"over the time budget of {budget_s:.0f} s (distill.time_budget_s), so the student will "
+        "get a single round after it. Raise distill.time_budget_s or lower synth.warmup_rounds."
+    )
+
+
 def _stop(plan: Plan, rounds_done: int, budget_s: float) -> Plan:
     note = (
         f"Time budget: stopping after round {rounds_done} of {plan.stop_at} to stay within "
@@ -143,6 +175,7 @@ class Tracker:
         self.clean: list[float] = []
         self.eval_s = agree(eval_guess_s)  # a guess until an evaluation is timed
         self.save_s = 0.0
+        self.last_round_s = 0.0  # the latest round's steps, compiling or not
         self._seen: set = set()
         # Seconds spent in each part of the job by this process (the summary's breakdown).
         self.spent = {"synthesis_s": 0.0, "kd_s": 0.0, "evaluation_s": 0.0, "checkpoint_s": 0.0}
@@ -154,6 +187,7 @@ class Tracker:
         round time."""
         if plan and kind in self._seen:
             self.clean.append(seconds)
+        self.last_round_s = seconds
         self._seen.add(kind)
         self.spent["synthesis_s"] += synth_seconds
         self.spent["kd_s"] += seconds - synth_seconds

@@ -44,6 +44,23 @@ def check_classes(ds, num_classes: int, where: str) -> None:
         )
 
 
+def teacher_accuracy_warning(top1: float, num_classes: int, n: int) -> str | None:
+    """A warning when the teacher scores no better than about chance on the real test images
+    (under twice 100 / ``num_classes`` %): the data's labels, class order or normalisation are
+    then likely not the teacher's, and every accuracy of the run means little. None if fine."""
+    chance = 100.0 / num_classes
+    if n == 0 or top1 >= 2 * chance:
+        return None
+    return (
+        f"Warning: the teacher scores {top1:.2f}% on these {n} test images, near chance "
+        f"({chance:.1f}% for {num_classes} classes). The data may not be what the teacher was "
+        "trained on: class folders are read in sorted name order, so check data.path, "
+        "data.num_classes and the class order, and the teacher's input normalisation "
+        '("normalization" in its model.json, set by convert --normalize). The run goes '
+        "on, but its accuracies will say little."
+    )
+
+
 def check_trainable(ds, batch_size: int, where: str) -> None:
     """Enough images for one training batch (else the schedule has zero steps)."""
     if len(ds.labels) < batch_size:

@@ -24,6 +24,7 @@ from stars_jax import data as data_lib
 from stars_jax.accuracy import make_evaluator
 from stars_jax.apply import check_dataset, logits_fn
 from stars_jax.bank import Bank, init_bank
+from stars_jax.data_checks import teacher_accuracy_warning
 from stars_jax.distill import (
     Carry,
     KDContext,
@@ -219,6 +220,9 @@ def _teacher(config, test, mesh):
         f"Teacher {config.teacher.arch}: top-1 {top1:.2f}% on {len(test.images)} real test images",
         flush=True,
     )
+    warning = teacher_accuracy_warning(top1, config.data.num_classes, len(test.labels))
+    if warning:
+        print(warning, flush=True)
     return teacher, model, teacher_vars, norm, top1, time.time() - t_eval
 
 

@@ -145,7 +145,7 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     tracker.spent.update(state.spent)
     state.spent = tracker.spent  # saved with each checkpoint from now on
     result, health = {}, state.health
-    r = p.start
+    r, told = p.start, set()  # told: the one-off notes already printed
     try:
         while r < p.stop_at:
             warm = r < job.warmup_rounds
@@ -160,6 +160,7 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
                 timings = tracker.timings()
                 pending_s = timings.eval_s * evaluate + timings.save_s * saves
                 _apply_budget(job, p, writer, r, timings, elapsed() + pending_s)
+            _time_notes(job, p, r, tracker, elapsed, told)
             last = r == p.stop_at - 1
             if evaluate or last:
                 result = _timed(tracker.evaluated, evaluate_student)
@@ -180,6 +181,23 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = evaluate_student()
     return _record(job, r, result, health, tracker, elapsed())
+
+
+def _time_notes(job: Job, p: Progress, r: int, tracker, elapsed, told: set) -> None:
+    """One-off log lines about time after round ``r``: a warm-up known to overrun the budget,
+    and, at the first clean student round, how long the rest of the run should take."""
+    distill_cfg = job.config.distill
+    if r < job.warmup_rounds:
+        if distill_cfg.time_budget_s and "warmup" not in told:
+            budget_s, last_s = float(distill_cfg.time_budget_s), tracker.last_round_s
+            note = budget.warmup_note(budget_s, elapsed(), r + 1, job.warmup_rounds, last_s)
+            if note:
+                told.add("warmup")
+                print(note, flush=True)
+    elif tracker.clean and "expected" not in told and r + 1 < p.stop_at:
+        told.add("expected")
+        timings = tracker.timings()
+        print(budget.expected_note(p.stop_at - r - 1, timings, distill_cfg.eval_every), flush=True)
 
 
 def _record(job: Job, rounds: int, result: dict, health: list, tracker, wall_s: float):

@@ -1,6 +1,7 @@
 """The learning-rate schedule with a data horizon, and wall-time budgets of the main job."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -208,7 +209,25 @@ def tiny_data(tmp_path_factory):
     return make_tiny_data(tmp_path_factory.mktemp("budgetdata"))
 
 
-def test_time_budget_stops_the_job_and_ends_the_schedule(tiny_data, tmp_path):
+def test_expected_duration_note_closed_form():
+    """Rounds left x round time + (periodic + final) evaluations, in minutes past 90 s."""
+    note = budget.expected_note(100, budget.Timings(3.0, 6.0, 0.5), eval_every=10)
+    assert "100 more rounds at 3.00 s" in note and "11 evaluations at 6.0 s" in note
+    assert "about 6.1 min more" in note  # (300 + 66) s
+    assert "about 9 s more" in budget.expected_note(2, budget.Timings(3.0, 3.0, 0.0), 10)
+
+
+def test_warmup_overrunning_the_budget_is_warned_about_as_soon_as_it_is_known():
+    """The warm-up, which the budget does not plan, is projected from its latest round once
+    the compiling first round is over; the first round alone warns only past the budget."""
+    assert budget.warmup_note(120, 30, 1, 10, 30.0) is None  # compiling round: not projected
+    assert "over the time budget of 120 s" in budget.warmup_note(120, 130, 1, 10, 130.0)
+    assert budget.warmup_note(120, 40, 2, 10, 10.0) is None  # 40 + 8 x 10 = 120 fits
+    note = budget.warmup_note(120, 41, 2, 10, 10.0)  # 121 s: over
+    assert "about 121 s" in note and "synth.warmup_rounds" in note
+
+
+def test_time_budget_stops_the_job_and_ends_the_schedule(tiny_data, tmp_path, capsys):
     """With room for 10,000 rounds but a budget of 20 s more than a one-round job takes, the
     job plans, stops by itself near the budget, and its cosine schedule reaches ~0 at the last
     round it runs; a rerun resumes into the finished run instead of training on."""
@@ -229,7 +248,9 @@ def test_time_budget_stops_the_job_and_ends_the_schedule(tiny_data, tmp_path):
             "ckpt.every": 25,
         },
     )
+    capsys.readouterr()
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert len(re.findall(r"Expected: \d+ more rounds", capsys.readouterr().out)) == 1
     rounds = summary["rounds"]
     assert 3 < rounds < 10_000, summary
     warmup = c.synth.fast.warmup_rounds  # synthesis only: no KD step, no learning rate

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stars_jax import data, teacher
+from stars_jax import data, data_checks, teacher
 from stars_jax.config import load_config_file
 from stars_jax.errors import InputError
 from tests.test_train import TINY
@@ -80,3 +80,13 @@ def test_an_empty_class_folder_is_warned_about(tmp_path, capsys):
 
     check_classes(data.load_split(c.data, "test"), 4, "tiny test split")
     assert "no images of 1 of its 4 classes (c)" in capsys.readouterr().out
+
+
+def test_a_teacher_near_chance_on_the_data_is_warned_about():
+    """Under twice chance (10 classes: 20 %) the warning names the score and what to check."""
+    assert data_checks.teacher_accuracy_warning(85.0, 10, 1000) is None
+    assert data_checks.teacher_accuracy_warning(20.0, 10, 1000) is None
+    note = data_checks.teacher_accuracy_warning(9.7, 10, 1000)
+    assert "9.70% on these 1000 test images" in note and "10.0% for 10 classes" in note
+    assert "class order" in note
+    assert data_checks.teacher_accuracy_warning(40.0, 100, 50) is None  # 100 classes: 2 %
