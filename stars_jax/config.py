@@ -116,6 +116,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.crop_pad = 2  # Random crop padding in pixels (and horizontal flip).
     c.distill.flip = False  # Horizontal flips; off for Fashion-MNIST-like data.
     c.distill.eval_every = 15  # Rounds between evaluations on the real test set.
+    # A weight average of the student (params and BN statistics), evaluated beside it; 0 = off.
+    c.distill.ema_decay = 0.0
     # Seconds of wall time for the whole job (0 = none); rounds then becomes an upper bound
     # and the learning-rate schedule is fitted to the rounds that fit (stars_jax.budget).
     c.distill.time_budget_s = 0.0

@@ -40,10 +40,23 @@ class TrainState:
     # Length of the learning-rate schedule in steps, as data rather than a compile-time
     # constant so that a time-budgeted run can fit the cosine to the rounds it can afford.
     total_steps: jax.Array
+    # The weight average (``ema_update``) of the student's variables, or None with
+    # ``distill.ema_decay`` 0: the state, and its checkpoints, are then as they were without it.
+    ema: Any = None
 
     @property
     def variables(self):
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def ema_update(ema, variables, decay: float, step):
+    """The student's weight average after update number ``step`` (1 for the first):
+    ``ema <- d * ema + (1 - d) * variables`` with ``d = min(decay, step / (step + 9))``, so that
+    early averages are not dominated by the initial weights (TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``). BN statistics are averaged alike."""
+    step = jnp.asarray(step, jnp.float32)
+    d = jnp.minimum(decay, step / (step + 9.0))
+    return jax.tree.map(lambda a, v: d * a + (1.0 - d) * v.astype(a.dtype), ema, variables)
 
 
 def lif_params(cfg) -> LIFParams:
@@ -100,15 +113,20 @@ def scheduled_update(optimizer, grads, state: TrainState, lr):
     return optax.apply_updates(state.params, optax.tree.scale(-lr, direction)), opt_state
 
 
-def init_train_state(model, optimizer, key, image_shape, total_steps: int = 0) -> TrainState:
+def init_train_state(
+    model, optimizer, key, image_shape, total_steps: int = 0, ema: bool = False
+) -> TrainState:
+    """A fresh student; ``ema``: with a weight average (``ema_update``), starting at it."""
     variables = model.init(key, jnp.zeros((2, *image_shape)))
     params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
         opt_state=optimizer.init(params),
         total_steps=jnp.asarray(total_steps, jnp.int32),
+        ema={"params": params, "batch_stats": batch_stats} if ema else None,
     )
 
 
@@ -135,6 +153,7 @@ class KDContext:
     dtype: Any = jnp.float32
     batch_sharding: Any = None  # NamedSharding of [B, ...] batches under a mesh, or None
     num_classes: int = 10
+    ema_decay: float = 0.0  # The student's weight average (``ema_update``); 0: none.
 
 
 def train_view(images_u8, key, crop_pad: int, flip: bool, mean, std):
@@ -184,6 +203,9 @@ def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
     lr = warmup_cosine(state.step, ctx.lr, ctx.warmup_steps, state.total_steps, ctx.lr_min)
     params, opt_state = scheduled_update(ctx.optimizer, grads, state, lr)
     new_state = advanced(state, params, batch_stats, opt_state)
+    if ctx.ema_decay:
+        ema = ema_update(state.ema, new_state.variables, ctx.ema_decay, new_state.step)
+        new_state = new_state.replace(ema=ema)
     metrics["kd/grad_norm"] = optax.tree.norm(grads)
     metrics["kd/lr"] = lr
     return new_state, metrics

@@ -119,6 +119,8 @@ def run_summary(config, record: RunRecord) -> dict:
         "time_breakdown": record.time_breakdown,
         "devices": jax.device_count(),
     }
+    if "ema" in student:  # distill.ema_decay > 0: the weight average, evaluated alike
+        summary["student_ema"] = {"decay": config.distill.ema_decay, **student["ema"]}
     if record.synthesis is not None:
         summary["synthesis"] = record.synthesis
     return summary

@@ -156,7 +156,10 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
     # The schedule's horizon is set by ``restore``, once the run knows where it stops.
-    state = parallel.put(init_train_state(student, ctx.optimizer, k_student, image_shape), rep)
+    fresh = init_train_state(
+        student, ctx.optimizer, k_student, image_shape, ema=bool(config.distill.ema_decay)
+    )
+    state = parallel.put(fresh, rep)
     synthesizer_for = lambda cfg: make_synthesizer(
         cfg, teacher_model, student, image_shape, config.data.num_classes, *norm, batch_sh
     )
@@ -246,6 +249,7 @@ def _kd_context(config, teacher_model, student, norm, batch_sharding) -> KDConte
         warmup_steps=distill_cfg.lr_warmup_rounds * distill_cfg.kd_steps,
         lr_min=distill_cfg.lr_min,
         num_classes=config.data.num_classes,
+        ema_decay=distill_cfg.ema_decay,
     )
 
 

@@ -46,6 +46,7 @@ CONSOLE_KEYS = (
     "kd/loss",
     "kd/agreement",
     "eval/student_top1",
+    "eval/ema_top1",
     "time/images_per_s",
 )
 
@@ -138,7 +139,14 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     evaluator = student_evaluator(
         job.student, job.norm, job.mesh, job.test, job.config.data.eval_batch_size
     )
-    evaluate_student = lambda: evaluator(p.carry.student.variables)
+
+    def evaluate_student() -> dict:  # the student, and its weight average beside it
+        result = evaluator(p.carry.student.variables)
+        if p.carry.student.ema is not None:
+            ema = evaluator(p.carry.student.ema)
+            result["ema"] = {k: ema[k] for k in ("top1", "n", "rate_mean")}
+        return result
+
     # The student's evaluation time is guessed from the teacher's until one is timed.
     tracker = budget.Tracker(job.teacher_eval_s * job.config.student.time_steps, parallel.agree)
     state = run_state.load(job.manager.directory, p.last_ckpt)  # what earlier segments kept
@@ -167,6 +175,8 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
                 writer.histogram(r, "eval/firing_rates", list(result["firing_rates"].values()))
                 m.update({"eval/student_top1": result["top1"], "time/eval_s": tracker.eval_s})
                 m["eval/rate_mean"] = result["rate_mean"]
+                if "ema" in result:
+                    m["eval/ema_top1"] = result["ema"]["top1"]
             if out.images is not None and (evaluate or last or r + 1 == job.warmup_rounds):
                 _save_grid(job, out, r, writer)
             if (r + 1) % job.config.log.every == 0 or last:

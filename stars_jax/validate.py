@@ -198,6 +198,7 @@ def _rules() -> dict[str, Rule]:
         "distill.crop_pad": non_negative_int,
         "distill.flip": boolean,
         "distill.eval_every": count,
+        "distill.ema_decay": real(0.0, 1.0, hi_open=True),
         "distill.time_budget_s": non_negative,
         "mesh.data": integer(1, also=(-1,)),
         "ckpt.every": count,

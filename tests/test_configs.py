@@ -30,7 +30,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 # Each config file's view (config.resolved, flattened) at commit 9e17e76, before the per-method
 # sections: the run reads the same settings (the other methods' keys are not in a view). One
 # deliberate change since: the embedded default's time-budget guard, 540 -> 1800 s (issue 26);
-# and two keys added, data.val_per_class and data.val_seed (0: no validation part, as before).
+# and three keys added, data.val_per_class and data.val_seed (0: no validation part, as before)
+# and distill.ema_decay (0: no weight average, as before).
 VIEWS = json.loads((Path(__file__).parent / "golden/config_views.json").read_text())
 
 

@@ -105,3 +105,36 @@ def test_kd_step_with_rca_survives_a_faint_student(nets):
         _, m = step(st, images, jax.random.key(32))
         norms[b_rca] = float(m["kd/grad_norm"])
     assert np.isfinite(norms[1.0]) and norms[1.0] < 2 * norms[0.0], norms
+
+
+def test_student_weight_average_is_the_hand_computed_one_and_leaves_training_alone(nets):
+    """With ``ema_decay`` 0.2 the average after each of 4 KD steps equals the recurrence
+    ``e = d e + (1 - d) v`` with ``d = min(0.2, t / (t + 9))`` (0.1, 0.18, then 0.2), computed
+    in NumPy from the raw student's variables, BN statistics included; the raw student is
+    bit-identical to a run without the average, and a state without it has none."""
+    from stars_jax.distill import kd_step
+
+    teacher, tv, student, _ = nets
+    opt = make_optimizer(get_config().distill)
+    images = jax.random.randint(jax.random.key(41), (8, *SHAPE), 0, 256).astype(jnp.uint8)
+    runs = {}
+    for decay in (0.0, 0.2):
+        ctx = KDContext(teacher, student, opt, MEAN, STD, lr=1e-2, ema_decay=decay, num_classes=K)
+        st = init_train_state(student, opt, jax.random.key(40), SHAPE, 10, ema=bool(decay))
+        step = jax.jit(lambda s, k, c=ctx: kd_step(c, s, tv, images, k)[0])
+        seen = [jax.tree.map(np.asarray, st.variables)]
+        for t in range(4):
+            st = step(st, jax.random.key(t))
+            seen.append(jax.tree.map(np.asarray, st.variables))
+        runs[decay] = (st, seen)
+    assert runs[0.0][0].ema is None
+    jax.tree.map(np.testing.assert_array_equal, runs[0.0][1], runs[0.2][1])
+    st, seen = runs[0.2]
+    want = seen[0]
+    for t in range(1, 5):
+        d = min(0.2, t / (t + 9))
+        want = jax.tree.map(lambda e, v, d=d: d * e + (1 - d) * v, want, seen[t])
+    assert jax.tree.structure(st.ema) == jax.tree.structure(want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), st.ema, want)
+    assert jax.tree.leaves(st.variables["batch_stats"])  # BN statistics are averaged too
+    assert not np.allclose(st.ema["params"]["fc"]["kernel"], seen[-1]["params"]["fc"]["kernel"])

@@ -79,7 +79,11 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     cache = tmp_path / "cache"
     # 1. Uninterrupted reference run (in process). It also trains and caches the teacher.
     ref_dir = tmp_path / "ref"
-    summary = train.train_and_evaluate(_config(tiny_data, cache, **{"distill.rounds": 6}), ref_dir)
+    # With the student's weight average on: it is checkpointed, so a resume must restore it.
+    ema = {"distill.ema_decay": 0.5}
+    summary = train.train_and_evaluate(
+        _config(tiny_data, cache, **{"distill.rounds": 6}, **ema), ref_dir
+    )
     for name in ("config.json", "metrics.jsonl", "summary.json", "student/model.json"):
         assert (ref_dir / name).exists(), name
     # Grids at the end of the synthesis-only warm-up (1 round) and at every evaluation.
@@ -101,6 +105,8 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     }
     assert 0 <= health["teacher_acc"] <= 1 and 0 <= health["bank_entropy"] <= np.log(4) + 1e-6
     assert 0.0 <= summary["student"]["top1"] <= 100.0 and summary["student"]["firing_rates"]
+    assert summary["student_ema"]["decay"] == 0.5 and 0 <= summary["student_ema"]["top1"] <= 100
+    assert "eval/ema_top1" in logged[-1] and "eval/ema_top1" not in logged[-2]
     assert summary["teacher"]["top1"] > 50.0  # the cached teacher learned the colours
     student = load_model_dir(ref_dir / "student")
     assert student.meta["kind"] == "student" and student.meta["time_steps"] == 2
@@ -125,7 +131,9 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
 
     # 2. The same run, killed with SIGKILL after its first checkpoint, then rerun.
     run_dir = tmp_path / "killed"
-    cmd = _cli(tiny_data, cache, run_dir, "--config.distill.rounds=6")
+    cmd = _cli(
+        tiny_data, cache, run_dir, "--config.distill.rounds=6", "--config.distill.ema_decay=0.5"
+    )
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # (Killed once the checkpoint's run state is written too, i.e. after the whole save.)
@@ -164,7 +172,7 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     # 3. NaN in a loss stops with the round and term named; the last checkpoint stays.
     # (A NaN weight is now refused up front by validation; 1e39 passes it as a finite Python
     # float but overflows to inf in the float32 loss.)
-    bad = _config(tiny_data, cache, **{"distill.rounds": 8, "synth.fast.a_adv": 1e39})
+    bad = _config(tiny_data, cache, **{"distill.rounds": 8, "synth.fast.a_adv": 1e39}, **ema)
     with pytest.raises(FloatingPointError, match=r"synth/loss.*in round 7.*5.diverged.*round 4"):
         # The weight differs from the run's: allowed explicitly (the run fingerprint).
         train.train_and_evaluate(bad, ref_dir, allow_config_change=("synth.fast.a_adv",))
