@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.every = 1  # Rounds between console lines.
     c.log.grid_images = 64  # Synthetic images in the PNG grid written at each evaluation.
+    # Rounds between measurements of each synthesis term's gradient on the images against the
+    # BN term's (synth/grad_ratio/<term>, one backward pass per term on the kept batch); 0 = off.
+    c.log.grad_ratio_every = 5
     # TensorBoard event files in the workdir (tensorboardX, the [tensorboard] extra).
     c.log.tensorboard = True
     return c

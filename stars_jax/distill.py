@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stars_jax import losses
+from stars_jax import losses, strength
 from stars_jax.apply import normalize
 from stars_jax.bank import Bank, bank_add, bank_sample, random_crop_flip
 from stars_jax.diagnostics import batch_health, class_entropy
@@ -239,6 +239,28 @@ def bank_tar_reference(ctx: KDContext, synth_cfg, teacher_vars, bank: Bank, key)
     return tar_reference(x, teacher_vars, teacher=ctx.teacher, cfg=synth_cfg, ready=bank.count > 0)
 
 
+def synthesis_grad_ratios(
+    ctx: KDContext, synth_cfg, teacher_vars, student_vars, images_u8, labels, tar_ref
+) -> dict:
+    """How strongly each synthesis term acts on the round's kept batch: ``synth/grad_ratio/
+    <term>``, the norm of the weighted term's gradient on the (normalised, unaugmented)
+    images over the BN term's (``strength``; terms at weight 0 are left out)."""
+    x = normalize(constrain(images_u8, ctx.batch_sharding), ctx.mean, ctx.std)
+    grads = strength.term_gradients(
+        x,
+        labels,
+        teacher_vars,
+        student_vars,
+        teacher=ctx.teacher,
+        student=ctx.student,
+        cfg=synth_cfg,
+        tar_ref=tar_ref,
+    )
+    if "bn" not in grads:  # no BN term to measure against
+        return {}
+    return {f"synth/grad_ratio/{k}": v for k, v in strength.gradient_ratios(grads).items()}
+
+
 class RoundSteps(NamedTuple):
     """The jitted pieces of a round; state arguments are donated."""
 
@@ -248,6 +270,8 @@ class RoundSteps(NamedTuple):
     add_synthetic: Callable | None
     kd_bank_step: Callable
     tar_reference: Callable | None = None  # (teacher_vars, bank, key) -> TarReference
+    # (teacher_vars, student_vars, images, labels, tar_ref) -> synth/grad_ratio/* metrics
+    grad_ratios: Callable | None = None
 
 
 _STEP_IDS = itertools.count()
@@ -285,6 +309,10 @@ def make_round_steps(synthesizer, ctx: KDContext, batch_size: int, synth_cfg=Non
         ref = _max_traces(functools.partial(bank_tar_reference, ctx, synth_cfg), 1, "tar_reference")
         tar_ref = jax.jit(ref)
     add = functools.partial(add_synthetic, ctx)
+    ratios = None
+    if synth_cfg is not None:
+        ratios = functools.partial(synthesis_grad_ratios, ctx, synth_cfg)
+        ratios = jax.jit(_max_traces(ratios, 1, "grad_ratios"))
     return RoundSteps(
         synth_begin=jax.jit(_max_traces(synthesizer.begin, 1, "synth_begin"), donate_argnums=0),
         synth_step=jax.jit(_max_traces(synthesizer.step, 2, "synth_step"), donate_argnums=1),
@@ -292,6 +320,7 @@ def make_round_steps(synthesizer, ctx: KDContext, batch_size: int, synth_cfg=Non
         add_synthetic=jax.jit(_max_traces(add, 1, "add_synthetic"), donate_argnums=0),
         kd_bank_step=kd,
         tar_reference=tar_ref,
+        grad_ratios=ratios,
     )
 
 
@@ -322,12 +351,14 @@ def run_round(
     kd_steps: int,
     warmup: bool = False,
     timed: bool = False,
+    ratios: bool = False,
 ):
     """One DFKD round: ``synth_steps`` synthesis steps, the kept batch into the bank, then
     ``kd_steps`` student updates from the bank. Everything stays on device. In a warm-up
     round the synthesis objective is BN + CE only (``warmup``); callers pass ``kd_steps=0``.
     ``timed`` waits for the synthesis to finish before the KD steps are dispatched, to time it
-    (one host sync a round).
+    (one host sync a round). ``ratios`` adds the synthesis terms' gradient ratios on the kept
+    batch (``synthesis_grad_ratios``; not in warm-up rounds, not counted in the timing).
 
     Args:
       carry: the student's state, the synthesizer's state and the bank (``Carry``).
@@ -358,6 +389,9 @@ def run_round(
         if timed:
             jax.block_until_ready(bank.count)
             out = out._replace(synth_seconds=time.perf_counter() - t0)
+        if ratios and steps.grad_ratios is not None and not warmup:
+            student_vars = state.variables
+            metrics.update(steps.grad_ratios(teacher_vars, student_vars, images, labels, tar_ref))
     kd_sum = None
     for j in range(kd_steps):
         state, m = steps.kd_bank_step(state, teacher_vars, bank, jax.random.fold_in(k_kd, j))

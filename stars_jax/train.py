@@ -256,6 +256,7 @@ def _round(job: Job, p: Progress, r: int, tracker: budget.Tracker, reference: di
         0 if warm else config.distill.kd_steps,
         warmup=warm,
         timed=True,
+        ratios=_every(config.log.grad_ratio_every, r),
     )
     m = parallel.fetch(out.metrics)
     seconds = time.time() - t0
@@ -273,6 +274,11 @@ def _round(job: Job, p: Progress, r: int, tracker: budget.Tracker, reference: di
     m.update({"time/synth_s": out.synth_seconds, "time/round_s": seconds})
     m["time/images_per_s"] = images / max(seconds, 1e-9)
     return m, out
+
+
+def _every(n: int, r: int) -> bool:
+    """Round ``r`` is one of every ``n`` (0: none)."""
+    return bool(n) and (r + 1) % n == 0
 
 
 def _timed(report, fn, *args):

@@ -208,6 +208,7 @@ def _rules() -> dict[str, Rule]:
         "energy.pj_per_mac": non_negative,
         "log.every": count,
         "log.grid_images": non_negative_int,
+        "log.grad_ratio_every": non_negative_int,
         "log.tensorboard": boolean,
     }
 

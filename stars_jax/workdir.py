@@ -44,6 +44,7 @@ SAFE_KEYS = frozenset(
         "ckpt.keep",
         "log.every",
         "log.grid_images",
+        "log.grad_ratio_every",
         "log.tensorboard",
         "energy.enabled",
         "energy.pj_per_ac",

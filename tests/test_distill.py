@@ -138,3 +138,30 @@ def test_student_weight_average_is_the_hand_computed_one_and_leaves_training_alo
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), st.ema, want)
     assert jax.tree.leaves(st.variables["batch_stats"])  # BN statistics are averaged too
     assert not np.allclose(st.ema["params"]["fc"]["kernel"], seen[-1]["params"]["fc"]["kernel"])
+
+
+def test_round_logs_the_terms_gradient_ratios_as_strength_measures_them(nets):
+    """``ratios`` adds synth/grad_ratio/<term> for every weighted term, equal to
+    ``strength.gradient_ratios`` on the kept batch at the round's student; never in warm-up."""
+    from stars_jax import strength
+    from stars_jax.apply import normalize
+
+    teacher, tv, student, _ = nets
+    opt = make_optimizer(get_config().distill)
+    st = init_train_state(student, opt, jax.random.key(5), SHAPE, 10)
+    scfg = _cfg(steps=1, warmup_rounds=0, l_tar=3.0, l_rca=2.0)
+    syn = make_synthesizer(scfg, teacher, student, SHAPE, K, MEAN, STD)
+    steps = make_round_steps(syn, _ctx(nets, opt), 8, scfg)
+    fresh = lambda: (st, syn.init(jax.random.key(6), tv), init_bank(32, SHAPE))  # donated
+    _, warm = run_round(steps, fresh(), tv, jax.random.key(7), 0, 1, 0, warmup=True, ratios=True)
+    assert not any("grad_ratio" in k for k in warm.metrics)
+    _, out = run_round(steps, fresh(), tv, jax.random.key(7), 0, 1, 0, ratios=True)
+    got = {k.rsplit("/", 1)[1]: float(v) for k, v in out.metrics.items() if "grad_ratio" in k}
+    x = normalize(out.images, MEAN, STD)
+    grads = strength.term_gradients(
+        x, out.labels, tv, st.variables, teacher=teacher, student=student, cfg=scfg
+    )
+    want = {k: float(v) for k, v in strength.gradient_ratios(grads).items()}
+    assert got.keys() == want.keys() and {"bn", "rca", "tar"} <= got.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, err_msg=k)

@@ -52,7 +52,10 @@ def test_tiny_run_matches_golden(variant, tiny_data, tmp_path_factory):
     assert len(rows) == len(expected), "a different number of logged rounds"
     for got, want in zip(rows, expected, strict=True):
         r = want["round"]
-        got = {k: v for k, v in got.items() if not k.startswith("time")}
+        # Wall times differ; the terms' gradient ratios (log.grad_ratio_every) came later and
+        # are measured beside the run, drawing nothing from it.
+        skip = ("time", "synth/grad_ratio/")
+        got = {k: v for k, v in got.items() if not k.startswith(skip)}
         assert sorted(got) == sorted(want), f"round {r}: metric names differ"
         for key, value in want.items():
             tol = dict(atol=100 / 32 + 1e-6) if key.endswith("top1") else dict(rtol=1e-4, atol=1e-6)

@@ -107,6 +107,11 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
     assert 0.0 <= summary["student"]["top1"] <= 100.0 and summary["student"]["firing_rates"]
     assert summary["student_ema"]["decay"] == 0.5 and 0 <= summary["student_ema"]["top1"] <= 100
     assert "eval/ema_top1" in logged[-1] and "eval/ema_top1" not in logged[-2]
+    # Every 5th round (log.grad_ratio_every), each term's pull on the images against BN's.
+    ratios = {k.rsplit("/", 1)[1]: v for k, v in logged[4].items() if "grad_ratio" in k}
+    assert set(ratios) == {"bn", "ce", "adv", "rca", "tar"} and ratios["bn"] == 1.0, ratios
+    assert all(np.isfinite(v) and v > 0 for v in ratios.values())
+    assert not any("grad_ratio" in k for row in logged[:4] + logged[5:] for k in row)
     assert summary["teacher"]["top1"] > 50.0  # the cached teacher learned the colours
     student = load_model_dir(ref_dir / "student")
     assert student.meta["kind"] == "student" and student.meta["time_steps"] == 2
