@@ -96,7 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.distill = ml_collections.ConfigDict()
     # "data_free" (synthesis), "real_data" (KD on the real training set: the upper bound) or
-    # "transfer_set" (KD on the images of distill.transfer_set, from stars_jax.export_bank).
+    # "transfer_set" (KD on the images of distill.transfer_set, from stars_jax.export_bank) or
+    # "noise" (KD on distill.bank_size Gaussian-noise images: the floor).
     c.distill.mode = "data_free"
     c.distill.transfer_set = ""
     c.distill.rounds = 45

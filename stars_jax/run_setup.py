@@ -42,7 +42,7 @@ from stars_jax.teacher import resolve_teacher
 
 # What KD reads: synthetic images (data_free), the real training set, or an exported
 # transfer set (stars_jax.export_bank).
-KD_MODES = ("data_free", "real_data", "transfer_set")
+KD_MODES = ("data_free", "real_data", "transfer_set", "noise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,16 +274,38 @@ def _real_health(config, teacher_model, teacher_vars, test, norm) -> dict:
 
 
 def _fixed_images(config, teacher_meta) -> data_lib.Dataset:
-    """The images KD reads when nothing is synthesised: the real training set (real_data), or
-    an exported transfer set (transfer_set: ``stars_jax.export_bank``)."""
+    """The images KD reads when nothing is synthesised: the real training set (real_data:
+    the upper bound), Gaussian noise (noise: the floor), or an exported transfer set
+    (transfer_set: ``stars_jax.export_bank``)."""
     if config.distill.mode == "real_data":
         return data_lib.load_split(config.data, config.data.train_split)
+    if config.distill.mode == "noise":
+        norm = teacher_meta["normalization"]
+        return noise_images(
+            config.distill.bank_size,
+            tuple(teacher_meta["input_shape"]),
+            norm["mean"],
+            norm["std"],
+            config.seed,
+        )
     images = data_lib.load_dataset("image_folder", config.distill.transfer_set, "train")
     try:
         check_dataset(images.images.shape, None, teacher_meta)
     except ValueError as err:
         raise errors.InputError(f"distill.transfer_set: {err}") from None
     return images
+
+
+def noise_images(n: int, shape: tuple, mean, std, seed: int) -> data_lib.Dataset:
+    """``n`` uint8 images of Gaussian noise in the teacher's input statistics: every pixel
+    ``mean + std * z`` per channel, ``z ~ N(0, 1)``, clipped to [0, 1] (so a standard normal
+    once the teacher normalises it, up to the clipping). Labels are 0: KD reads the teacher's
+    outputs, never a label. Seeded by ``seed`` apart from the run's other draws."""
+    rng = np.random.default_rng([int(seed), 0x401CE])
+    z = rng.standard_normal((n, *shape), dtype=np.float32)
+    x = np.clip(np.asarray(mean, np.float32) + np.asarray(std, np.float32) * z, 0.0, 1.0)
+    images = np.round(x * 255.0).astype(np.uint8)
+    return data_lib.Dataset(images, np.zeros(n, np.int32), ("noise",))
 
 
 def _real_bank(train: data_lib.Dataset, mesh) -> Bank:

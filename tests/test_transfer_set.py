@@ -52,3 +52,26 @@ def test_export_round_trip_and_distill_from_it(tiny_data, tmp_path):
     summary = train.train_and_evaluate(_config(tiny_data, cache, **over), tmp_path / "w2")
     assert summary["mode"] == "transfer_set" and "synthesis" not in summary
     assert summary["kd_steps"] == 2 * config.distill.kd_steps  # no warm-up: nothing synthesised
+
+
+def test_noise_images_are_seeded_gaussians_in_the_teachers_statistics():
+    """Normalised by the teacher's mean and std they are standard normal (where the clip to
+    [0, 1] hardly binds), per channel, the same for a seed and different across seeds."""
+    from stars_jax.run_setup import noise_images
+
+    mean, std = (0.5, 0.4, 0.6), (0.1, 0.08, 0.12)
+    a = noise_images(512, (8, 8, 3), mean, std, seed=3)
+    assert a.images.dtype == np.uint8 and a.images.shape == (512, 8, 8, 3)
+    z = (a.images / 255.0 - np.asarray(mean)) / np.asarray(std)
+    np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0.0, atol=0.03)  # 1/255 rounding
+    np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1.0, atol=0.03)
+    np.testing.assert_array_equal(a.images, noise_images(512, (8, 8, 3), mean, std, 3).images)
+    assert not np.array_equal(a.images, noise_images(512, (8, 8, 3), mean, std, 4).images)
+
+
+def test_a_student_distils_from_noise_the_floor(tiny_data, tmp_path):
+    over = {"distill.rounds": 2, "distill.mode": "noise", "distill.bank_size": 64}
+    summary = train.train_and_evaluate(_config(tiny_data, tmp_path / "c", **over), tmp_path / "w")
+    assert summary["mode"] == "noise" and "synthesis" not in summary
+    assert summary["kd_steps"] == 2 * _config(tiny_data, "").distill.kd_steps
+    assert 0.0 <= summary["student"]["top1"] <= 100.0
