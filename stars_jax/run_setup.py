@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 import stars_jax
-from stars_jax import checkpoint, diagnostics, errors, parallel
+from stars_jax import calibration, checkpoint, diagnostics, errors, parallel
 from stars_jax import data as data_lib
 from stars_jax.accuracy import make_evaluator
 from stars_jax.apply import check_dataset, logits_fn
@@ -64,6 +64,10 @@ class Job:
     student: Any
     steps: RoundSteps  # the jitted round steps ...
     base_steps: RoundSteps  # ... and the baseline's, used before synth.stars_start_round
+    # Round steps for another synth config (data-free runs; ratio weights rebuild them with
+    # the calibrated weights), None otherwise; and the KD context they share.
+    steps_for: Any
+    kd_context: KDContext
     warmup_rounds: int  # synthesis-only rounds
     real_health: dict  # a real test batch's health, the reference for synth/*
     manager: Any  # the checkpoint manager
@@ -173,6 +177,11 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
     else:  # KD on real images or a transfer set: the bank holds them; nothing is synthesised.
         bank = _real_bank(_fixed_images(config, teacher.meta), mesh)
     steps, base_steps = _round_steps(config, ctx, synthesizer, synthesizer_for, warmup_rounds)
+    steps_for = None
+    if synthesizer is not None:
+        calibration.check(config.synth, warmup_rounds)
+        batch = config.distill.batch_size
+        steps_for = lambda cfg: make_round_steps(synthesizer_for(cfg), ctx, batch, cfg)
     job = Job(
         config=config,
         workdir=workdir,
@@ -189,6 +198,8 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
         student=student,
         steps=steps,
         base_steps=base_steps,
+        steps_for=steps_for,
+        kd_context=ctx,
         warmup_rounds=warmup_rounds,
         real_health=real_health,
         manager=checkpoint.make_manager(workdir / "checkpoints", config.ckpt.keep),

@@ -33,6 +33,8 @@ class RunState:
     health: list = dataclasses.field(default_factory=list)  # per student round
     spent: dict = dataclasses.field(default_factory=dict)  # seconds per part of the job
     reference: dict = dataclasses.field(default_factory=dict)  # loss -> first student round's
+    # synth.stars_weights=ratio: the calibrated raw weights (stars_jax.calibration); {} before
+    stars_weights: dict = dataclasses.field(default_factory=dict)
 
 
 def save(ckpt_dir, state: RunState, step: int) -> None:

@@ -21,13 +21,23 @@ evaluation), ``student/`` (a model directory for ``stars_jax.evaluate``) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import jax
 import numpy as np
 
-from stars_jax import budget, checkpoint, errors, parallel, run_outputs, run_state, validate
+from stars_jax import (
+    budget,
+    calibration,
+    checkpoint,
+    errors,
+    parallel,
+    run_outputs,
+    run_state,
+    validate,
+)
 from stars_jax import config as config_lib
 from stars_jax import metrics as metrics_lib
 from stars_jax import workdir as workdir_lib
@@ -153,10 +163,14 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     tracker.spent.update(state.spent)
     state.spent = tracker.spent  # saved with each checkpoint from now on
     result, health = {}, state.health
+    job = _with_stars_weights(job, state.stars_weights)  # calibrated before a resume
     r, told = p.start, set()  # told: the one-off notes already printed
     try:
         while r < p.stop_at:
             warm = r < job.warmup_rounds
+            if _calibrates(job, r, state):
+                state.stars_weights = _calibrate(job, p, r)
+                job = _with_stars_weights(job, state.stars_weights)
             m, out = _round(job, p, r, tracker, state.reference)
             if not warm and out.images is not None:
                 health.append({k: float(m[k]) for k in run_outputs.ROUND_HEALTH_KEYS})
@@ -191,6 +205,33 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = evaluate_student()
     return _record(job, r, result, health, tracker, elapsed())
+
+
+def _calibrates(job: Job, r: int, state) -> bool:
+    """Round ``r`` is where ratio weights are calibrated (not yet done in this run)."""
+    synth_cfg = job.config.synth
+    if job.steps_for is None or synth_cfg.stars_weights != "ratio" or state.stars_weights:
+        return False
+    return r == calibration.first_stars_round(synth_cfg, job.warmup_rounds)
+
+
+def _calibrate(job: Job, p: Progress, r: int) -> dict:
+    synth_cfg = job.config.synth
+    key = jax.random.fold_in(jax.random.fold_in(job.k_loop, r), 0xCA11B)  # apart from the round's
+    carry = p.carry
+    weights = calibration.calibrate(
+        job.kd_context, synth_cfg, job.teacher_vars, carry.student.variables, carry.bank, key
+    )
+    print(calibration.describe(synth_cfg, weights, r), flush=True)
+    return weights
+
+
+def _with_stars_weights(job: Job, weights: dict) -> Job:
+    """``job`` whose STARS rounds synthesise with the calibrated raw weights."""
+    if not weights:
+        return job
+    steps = job.steps_for(calibration.weighted(job.config.synth, weights))
+    return dataclasses.replace(job, steps=steps)
 
 
 def _time_notes(job: Job, p: Progress, r: int, tracker, elapsed, told: set) -> None:

@@ -95,6 +95,7 @@ def _each_method(methods=None, **rules: Rule) -> dict[str, Rule]:
 
 def _rules() -> dict[str, Rule]:
     # Imported here: these modules import jax and flax, which config-only callers skip.
+    from stars_jax.calibration import WEIGHTINGS
     from stars_jax.data import LOADERS
     from stars_jax.distill import DTYPES, OPTIMIZERS
     from stars_jax.losses import RCA_REPS
@@ -179,6 +180,7 @@ def _rules() -> dict[str, Rule]:
         "synth.tar_two_sided": boolean,
         "synth.tar_thresholds": one_of(*TAR_THRESHOLDS),
         "synth.stars_start_round": non_negative_int,
+        "synth.stars_weights": one_of(*WEIGHTINGS),
         "distill.mode": one_of(*KD_MODES),
         "distill.transfer_set": text,
         "distill.rounds": count,
