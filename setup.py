@@ -60,11 +60,12 @@ setup(
         "nir": ["nir>=1.0.8,<2"],
         # The independent NIR consumer tests/test_export_nir.py runs exported graphs in;
         # snntorch's wheel does not declare nirtorch, which its NIR importer needs.
+        "nir-check": ["nir>=1.0.8,<2", "snntorch>=1.0,<1.1", "nirtorch>=2.0,<3"],
         # benchmarks/plot_curves.py (accuracy against KD steps as a PNG).
         "plot": ["matplotlib>=3.8"],
-        "nir-check": ["nir>=1.0.8,<2", "snntorch>=1.0,<1.1", "nirtorch>=2.0,<3"],
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # pytest.ini runs the test files on every core (-n auto)
             "ruff>=0.6",
             "chex>=0.1.90",
             "tensorboardX>=2.6",
