@@ -381,6 +381,58 @@ def tar_loss(
     return total
 
 
+# The BN-affine thresholds' offsets are clipped to +-AFFINE_K_MAX stds (beyond, a channel's
+# tail target is ~0 or ~1 and its gradient vanishes), and channels whose |gamma| is below
+# AFFINE_GAMMA_FLOOR times the layer's largest are left out (their output is ~beta whatever
+# the input: no threshold to match).
+AFFINE_K_MAX = 4.0
+AFFINE_GAMMA_FLOOR = 1e-3
+_GRID = np.linspace(-12.0, 12.0, 2401)  # u for the traced q*(k, t): trapezoid, h = 0.01
+
+
+def tar_target_traced(k: Array, temperature: float) -> Array:
+    """``tar_target`` for an array of offsets ``k`` (traceable): E_{u~N(0,1)}
+    sigmoid((u - k)/t) by the trapezoid rule on [-12, 12] at h = 0.01 (for t >= 0.05 the
+    integrand is analytic in a strip far wider than h, so the rule is accurate to ~1e-9)."""
+    u = jnp.asarray(_GRID, jnp.float32)
+    h = float(_GRID[1] - _GRID[0])
+    pdf = jnp.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+    f = pdf * jax.nn.sigmoid((u - jnp.asarray(k, jnp.float32)[..., None]) / temperature)
+    return h * (jnp.sum(f, axis=-1) - 0.5 * (f[..., 0] + f[..., -1]))
+
+
+def affine_offsets(scale: Array, bias: Array) -> tuple[Array, Array, Array]:
+    """Per channel, where BN's output ``gamma (z - mu) / s + beta`` turns positive (where the
+    ReLU after it starts to fire): along ``direction = sign(gamma)``, at the offset
+    ``k = -beta / |gamma|`` stds, i.e. ``tau = mu - (beta / gamma) s``; clipped to
+    +-AFFINE_K_MAX. ``valid``: |gamma| at least AFFINE_GAMMA_FLOOR of the layer's largest."""
+    scale, bias = _upcast(scale), _upcast(bias)
+    mag = jnp.abs(scale)
+    valid = mag >= AFFINE_GAMMA_FLOOR * jnp.max(mag)
+    k = jnp.clip(-bias / jnp.maximum(mag, 1e-30), -AFFINE_K_MAX, AFFINE_K_MAX)
+    direction = jnp.where(scale < 0, -1.0, 1.0)
+    return jax.lax.stop_gradient(k), direction, valid
+
+
+def tar_loss_affine(
+    bn_inputs, running_means, running_vars, scales, biases, temperature=TAR_TEMPERATURE, eps=1e-5
+) -> Array:
+    """L_TAR with per-channel thresholds from the teacher's own BN affine (``affine_offsets``):
+    sum_l mean_{valid c} (q_lc - q*(k_lc, t))^2, with q_lc = mean_{b,h,w} sigmoid((d_lc (z - mu_lc)
+    / s_lc - k_lc) / t) and the Gaussian tail target q* at each channel's own offset."""
+    total = jnp.zeros((), jnp.float32)
+    for z, mu, var, g, b in zip(
+        bn_inputs, running_means, running_vars, scales, biases, strict=True
+    ):
+        k, direction, valid = affine_offsets(g, b)
+        s = jnp.sqrt(_upcast(var) + eps)
+        u = direction * (_upcast(z) - _upcast(mu)) / s
+        q = jnp.mean(jax.nn.sigmoid((u - k) / temperature), axis=_reduce_axes(z))
+        err = jnp.where(valid, jnp.square(q - tar_target_traced(k, temperature)), 0.0)
+        total = total + jnp.sum(err) / jnp.maximum(jnp.sum(valid), 1)
+    return total
+
+
 def percentile_thresholds(z_ref, quantile, temperature=TAR_TEMPERATURE, eps=1e-5):
     """Per-channel thresholds from teacher activation percentiles (TAR option).
 

@@ -25,6 +25,9 @@ class TeacherBN(NamedTuple):
     inputs: list[jax.Array]  # [B, H, W, C_l] each
     means: list[jax.Array]  # [C_l]
     vars: list[jax.Array]  # [C_l]
+    # The layers' affine parameters gamma and beta ([C_l] each), when ``params`` was given.
+    scales: list[jax.Array] | None = None
+    biases: list[jax.Array] | None = None
 
 
 def _natural(path: tuple[str, ...]) -> tuple:
@@ -32,18 +35,32 @@ def _natural(path: tuple[str, ...]) -> tuple:
     return tuple(tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)) for p in path)
 
 
-def teacher_bn(intermediates, batch_stats) -> TeacherBN:
-    """Pairs every sown BN input with the running statistics of the same layer, in natural
-    order of their paths: the same order whether the trees come in call order (a traced
-    apply) or sorted (``jax.eval_shape`` and other pytree round trips sort dict keys)."""
+def teacher_bn(intermediates, batch_stats, params=None) -> TeacherBN:
+    """Pairs every sown BN input with the running statistics of the same layer (and, with
+    ``params``, its scale and bias), in natural order of their paths: the same order whether
+    the trees come in call order (a traced apply) or sorted (``jax.eval_shape`` and other
+    pytree round trips sort dict keys)."""
     flat_in = traverse_util.flatten_dict(intermediates)
     flat_stats = traverse_util.flatten_dict(batch_stats)
     paths = sorted((k[:-1] for k in flat_in if k[-1] == BN_INPUT), key=_natural)
+    scales = biases = None
+    if params is not None:
+        flat_p = traverse_util.flatten_dict(params)
+        missing = [p for p in paths if p + ("scale",) not in flat_p or p + ("bias",) not in flat_p]
+        if missing:
+            raise ValueError(
+                f"The teacher's BN layer {'/'.join(missing[0])} has no scale and bias "
+                "parameters, which synth.tar_thresholds='bn_affine' reads; use 'gaussian'."
+            )
+        scales = [flat_p[p + ("scale",)] for p in paths]
+        biases = [flat_p[p + ("bias",)] for p in paths]
     return TeacherBN(
         names=tuple("/".join(p) for p in paths),
         inputs=[flat_in[p + (BN_INPUT,)][0] for p in paths],
         means=[flat_stats[p + ("mean",)] for p in paths],
         vars=[flat_stats[p + ("var",)] for p in paths],
+        scales=scales,
+        biases=biases,
     )
 
 
@@ -65,7 +82,7 @@ def select_layers(names: tuple[str, ...], mode: str) -> list[int]:
     return LAYER_SELECTIONS[mode](names)
 
 
-TAR_THRESHOLDS = ("gaussian", "percentile")
+TAR_THRESHOLDS = ("gaussian", "percentile", "bn_affine")
 
 
 def _tar_views(bn: TeacherBN, cfg) -> list[tuple[jax.Array, float]]:
@@ -118,11 +135,22 @@ def tar_term(bn: TeacherBN, cfg, tar_ref: TarReference | None) -> jax.Array:
             [z for z, _ in _tar_views(bn, cfg)], tar_ref.thresholds, cfg.tar_temperature
         )
         return jnp.where(tar_ref.ready, total, 0.0)
+    idx = select_layers(bn.names, cfg.tar_layers)
+    if cfg.tar_thresholds == "bn_affine":
+        if bn.scales is None:
+            raise ValueError("synth.tar_thresholds='bn_affine' needs the BN layers' affine.")
+        return losses.tar_loss_affine(
+            [bn.inputs[i] for i in idx],
+            [bn.means[i] for i in idx],
+            [bn.vars[i] for i in idx],
+            [bn.scales[i] for i in idx],
+            [bn.biases[i] for i in idx],
+            temperature=cfg.tar_temperature,
+        )
     if cfg.tar_thresholds != "gaussian":
         raise ValueError(
             f"Unknown synth.tar_thresholds {cfg.tar_thresholds!r}; valid: {TAR_THRESHOLDS}."
         )
-    idx = select_layers(bn.names, cfg.tar_layers)
     return losses.tar_loss(
         [bn.inputs[i] for i in idx],
         [bn.means[i] for i in idx],
@@ -178,7 +206,8 @@ def synthesis_loss(
       student's logit spread over the batch (``student_logit_std``, mean over classes).
     """
     (t_logits, t_feats), inter = teacher.apply(teacher_vars, x, mutable=["intermediates"])
-    bn = teacher_bn(inter["intermediates"], teacher_vars["batch_stats"])
+    affine = teacher_vars["params"] if cfg.tar_thresholds == "bn_affine" else None
+    bn = teacher_bn(inter["intermediates"], teacher_vars["batch_stats"], affine)
     current = [losses.batch_moments(z) for z in bn.inputs]
     terms = {
         "bn": losses.bn_loss_from_moments(_matched_moments(current, bn_ema), bn.means, bn.vars),

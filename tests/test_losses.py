@@ -409,3 +409,45 @@ def test_tv_and_l2_closed_forms():
 
 if __name__ == "__main__":
     absltest.main()
+
+
+# --------------------------------------------------------------------------- BN-affine TAR
+
+
+@pytest.mark.parametrize("t", [0.1, 0.25, 1.0])
+def test_traced_tail_target_equals_the_quadrature_one(t):
+    ks = np.array([-4.0, -1.5, 0.0, 0.5, 1.0, 2.5, 4.0])
+    got = np.asarray(L.tar_target_traced(jnp.asarray(ks), t))
+    want = np.array([L.tar_target(k, t) for k in ks])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_affine_offsets_are_where_the_bn_output_turns_positive():
+    """k = -beta / |gamma| along sign(gamma): for any z, gamma (z - mu)/s + beta > 0 exactly
+    when sign(gamma) (z - mu)/s > k (checked on samples); a near-zero gamma is left out, an
+    offset beyond 4 stds clipped."""
+    gamma = jnp.array([2.0, -2.0, 0.5, 1e-6, 0.1])
+    beta = jnp.array([1.0, 1.0, -0.3, 0.2, 1.0])
+    k, d, valid = L.affine_offsets(gamma, beta)
+    np.testing.assert_allclose(k, [-0.5, -0.5, 0.6, -4.0, -4.0], rtol=1e-6)
+    np.testing.assert_array_equal(d, [1, -1, 1, 1, 1])
+    np.testing.assert_array_equal(valid, [True, True, True, False, True])
+    u = np.random.default_rng(0).standard_normal((1000, 3))  # (z - mu)/s
+    fires = np.asarray(gamma[:3]) * u + np.asarray(beta[:3]) > 0
+    np.testing.assert_array_equal(fires, np.asarray(d[:3]) * u > np.asarray(k[:3]))
+
+
+def test_affine_tar_is_zero_on_the_teachers_gaussian_and_ignores_dead_channels():
+    """z ~ N(mu, var) per channel meets every channel's own tail target (loss ~ 0, sampling
+    error only); shifting the inputs raises it; a channel with gamma ~ 0 does not count."""
+    rng = np.random.default_rng(1)
+    mu, var = jnp.array([0.5, -1.0, 0.0]), jnp.array([4.0, 0.25, 1.0])
+    gamma, beta = jnp.array([1.5, -0.7, 1e-8]), jnp.array([0.4, 0.9, 0.0])
+    z = jnp.asarray(mu + jnp.sqrt(var) * rng.standard_normal((20000, 3)), jnp.float32)
+    at_teacher = float(L.tar_loss_affine([z], [mu], [var], [gamma], [beta], temperature=0.25))
+    assert at_teacher < 1e-4
+    shifted = float(L.tar_loss_affine([z + 1.0], [mu], [var], [gamma], [beta], temperature=0.25))
+    assert shifted > 100 * at_teacher and shifted > 1e-3
+    dead_moved = z.at[:, 2].add(5.0)
+    again = float(L.tar_loss_affine([dead_moved], [mu], [var], [gamma], [beta], temperature=0.25))
+    assert again == pytest.approx(at_teacher, rel=1e-6)

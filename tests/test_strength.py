@@ -63,3 +63,23 @@ def test_ratio_scales_make_stars_act_at_the_asked_ratio(setup):
     )
     for t in target:
         assert float(got[t]) == pytest.approx(target[t], rel=1e-4), t
+
+
+def test_bn_affine_tar_reads_the_teachers_own_affine(setup):
+    """tar_thresholds='bn_affine' on a real teacher: the TAR term is the affine loss on its BN
+    inputs (checked against losses.tar_loss_affine fed by hand) and has a gradient on x."""
+    from stars_jax import losses
+    from stars_jax.objective import teacher_bn
+
+    x, y, tv, sv, cfg, kw = setup
+    c = cfg.copy_and_resolve_references()
+    c.tar_thresholds = "bn_affine"
+    _, aux = synthesis_loss(x, y, tv, sv, cfg=c, **kw)
+    _, inter = kw["teacher"].apply(tv, x, mutable=["intermediates"])
+    bn = teacher_bn(inter["intermediates"], tv["batch_stats"], tv["params"])
+    want = losses.tar_loss_affine(
+        bn.inputs, bn.means, bn.vars, bn.scales, bn.biases, temperature=c.tar_temperature
+    )
+    assert float(aux.metrics["synth/tar"]) == pytest.approx(float(want), rel=1e-5)
+    g = strength.term_gradients(x, y, tv, sv, cfg=c, **kw)["tar"]
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
