@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     # First round (counting the warm-up) in which the STARS terms act, distill.b_rca included;
     # the rounds between the warm-up and it run the baseline. 0: right after the warm-up.
     c.synth.stars_start_round = 0
+    # First round from which TAR is off again (STARS's other terms go on): TAR early, then off.
+    # 0: never; else it must come after stars_start_round.
+    c.synth.tar_stop_round = 0
     # What l_rca and l_tar mean: "raw" loss weights, or "ratio": each term's gradient on the
     # images as a fraction of the BN term's, calibrated once before STARS starts
     # (stars_jax.calibration; needs a warm-up round or stars_start_round >= 1).

@@ -68,6 +68,8 @@ class Job:
     # the calibrated weights), None otherwise; and the KD context they share.
     steps_for: Any
     kd_context: KDContext
+    # The steps from synth.tar_stop_round on (STARS without TAR); None without a stop.
+    tar_off_steps: RoundSteps | None
     warmup_rounds: int  # synthesis-only rounds
     real_health: dict  # a real test batch's health, the reference for synth/*
     manager: Any  # the checkpoint manager
@@ -177,11 +179,13 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
     else:  # KD on real images or a transfer set: the bank holds them; nothing is synthesised.
         bank = _real_bank(_fixed_images(config, teacher.meta), mesh)
     steps, base_steps = _round_steps(config, ctx, synthesizer, synthesizer_for, warmup_rounds)
-    steps_for = None
+    steps_for, tar_off_steps = None, None
     if synthesizer is not None:
         calibration.check(config.synth, warmup_rounds)
         batch = config.distill.batch_size
         steps_for = lambda cfg: make_round_steps(synthesizer_for(cfg), ctx, batch, cfg)
+        if config.synth.tar_stop_round:
+            tar_off_steps = steps_for(without_tar(config.synth))
     job = Job(
         config=config,
         workdir=workdir,
@@ -200,6 +204,7 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
         base_steps=base_steps,
         steps_for=steps_for,
         kd_context=ctx,
+        tar_off_steps=tar_off_steps,
         warmup_rounds=warmup_rounds,
         real_health=real_health,
         manager=checkpoint.make_manager(workdir / "checkpoints", config.ckpt.keep),
@@ -333,6 +338,13 @@ def _place_bank(bank: Bank, mesh) -> Bank:
         *parallel.put((bank.images, bank.labels, bank.preds), sharded),
         *parallel.put((bank.count, bank.cursor), rep),
     )
+
+
+def without_tar(synth_cfg):
+    """``synth_cfg`` with TAR off (``synth.tar_stop_round`` on)."""
+    cfg = synth_cfg.copy_and_resolve_references()
+    cfg.l_tar = 0.0
+    return cfg
 
 
 def _round_steps(config, ctx: KDContext, synthesizer, synthesizer_for, warmup_rounds: int):

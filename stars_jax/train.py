@@ -44,7 +44,15 @@ from stars_jax import workdir as workdir_lib
 from stars_jax.accuracy import student_evaluator
 from stars_jax.distill import run_round
 from stars_jax.run_outputs import RunRecord, run_summary
-from stars_jax.run_setup import Job, Progress, make_workdir, run_info, set_horizon, setup
+from stars_jax.run_setup import (
+    Job,
+    Progress,
+    make_workdir,
+    run_info,
+    set_horizon,
+    setup,
+    without_tar,
+)
 
 CONSOLE_KEYS = (
     "synth/bn",
@@ -230,8 +238,10 @@ def _with_stars_weights(job: Job, weights: dict) -> Job:
     """``job`` whose STARS rounds synthesise with the calibrated raw weights."""
     if not weights:
         return job
-    steps = job.steps_for(calibration.weighted(job.config.synth, weights))
-    return dataclasses.replace(job, steps=steps)
+    cfg = calibration.weighted(job.config.synth, weights)
+    steps = job.steps_for(cfg)
+    tar_off = job.steps_for(without_tar(cfg)) if job.tar_off_steps is not None else None
+    return dataclasses.replace(job, steps=steps, tar_off_steps=tar_off)
 
 
 def _time_notes(job: Job, p: Progress, r: int, tracker, elapsed, told: set) -> None:
@@ -286,6 +296,8 @@ def _round(job: Job, p: Progress, r: int, tracker: budget.Tracker, reference: di
     ``reference``) stops the run before anything of this round is saved."""
     config, warm = job.config, r < job.warmup_rounds
     steps = job.steps if r >= config.synth.stars_start_round else job.base_steps
+    if job.tar_off_steps is not None and r >= config.synth.tar_stop_round:
+        steps = job.tar_off_steps
     t0 = time.time()
     p.carry, out = run_round(
         steps,

@@ -180,6 +180,7 @@ def _rules() -> dict[str, Rule]:
         "synth.tar_two_sided": boolean,
         "synth.tar_thresholds": one_of(*TAR_THRESHOLDS),
         "synth.stars_start_round": non_negative_int,
+        "synth.tar_stop_round": non_negative_int,
         "synth.stars_weights": one_of(*WEIGHTINGS),
         "distill.mode": one_of(*KD_MODES),
         "distill.transfer_set": text,
@@ -249,6 +250,12 @@ def _cross_checks(flat: dict) -> list[str]:
         out.append(
             "distill.transfer_set='': must name a transfer set (stars_jax.export_bank's --out) "
             "when distill.mode='transfer_set'"
+        )
+    stop, start = flat["synth.tar_stop_round"], flat["synth.stars_start_round"]
+    if stop and stop <= start:
+        out.append(
+            f"synth.tar_stop_round={stop!r}: must be 0 (never) or after synth.stars_start_round "
+            f"({start!r}), else TAR never acts"
         )
     if flat["distill.lr_min"] > flat["distill.lr"]:
         out.append(

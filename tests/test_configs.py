@@ -30,9 +30,10 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 # Each config file's view (config.resolved, flattened) at commit 9e17e76, before the per-method
 # sections: the run reads the same settings (the other methods' keys are not in a view). One
 # deliberate change since: the embedded default's time-budget guard, 540 -> 1800 s (issue 26);
-# and five keys added: data.val_per_class and data.val_seed (0: no validation part, as
+# and six keys added: data.val_per_class and data.val_seed (0: no validation part, as
 # before), distill.ema_decay (0: no weight average), synth.stars_weights ('raw': the weights
-# as before) and log.grad_ratio_every (a measurement beside the run, which changes nothing).
+# as before), synth.tar_stop_round (0: never) and log.grad_ratio_every (a measurement beside
+# the run, which changes nothing).
 VIEWS = json.loads((Path(__file__).parent / "golden/config_views.json").read_text())
 
 

@@ -189,14 +189,17 @@ def test_end_to_end_resume_after_sigkill_and_nan(tiny_data, tmp_path):
 
 def test_stars_terms_start_at_their_round(tiny_data, tmp_path):
     """Rounds between the warm-up and synth.stars_start_round run the baseline (no STARS term
-    in synthesis or KD); from it on, all three act."""
-    over = {"distill.rounds": 3, "synth.stars_start_round": 2, "distill.eval_every": 3}
+    in synthesis or KD); from it on, all three act, until synth.tar_stop_round turns TAR off
+    (RCA goes on)."""
+    over = {"distill.rounds": 4, "synth.stars_start_round": 2, "distill.eval_every": 4}
+    over["synth.tar_stop_round"] = 3
     train.train_and_evaluate(_config(tiny_data, tmp_path / "cache", **over), tmp_path / "w")
     rows = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     stars_keys = {"synth/rca", "synth/tar", "kd/rca"}
-    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert "kd/loss" in rows[1] and "synth/adv" in rows[1]  # a student round, baseline terms
     assert not stars_keys & rows[1].keys() and stars_keys <= rows[2].keys()
+    assert "synth/tar" not in rows[3] and {"synth/rca", "kd/rca"} <= rows[3].keys()
 
 
 def test_unknown_config_key_is_an_error(tiny_data, tmp_path):
