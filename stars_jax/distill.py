@@ -189,10 +189,9 @@ def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
         metrics = {"kd/kd": kd}
         total = kd
         if ctx.b_rca:
-            rep_t, rep_s = losses.rca_representations(
+            metrics["kd/rca"] = losses.rca_loss(
                 ctx.rca_rep, (t_logits, t_feats), (s_logits_t, s_feats_t)
             )
-            metrics["kd/rca"] = losses.relational_discrepancy(rep_t, rep_s)
             total = total + ctx.b_rca * metrics["kd/rca"]
         metrics["kd/loss"] = total
         agree = jnp.argmax(losses.time_mean(s_logits_t), -1) == jnp.argmax(t_logits, -1)

@@ -185,14 +185,30 @@ def kd_loss(teacher_logits, student_logits_t, temperature, per_time_step=False) 
 
 # What RCA compares (``synth.rca_rep``, ``distill.rca_rep``): the index of the representation
 # in a model's ``(logits, features)`` outputs.
-RCA_REPS = {"logits": 0, "features": 1}
+# What RCA compares: the index into (logits, penultimate features) of each representation.
+RCA_REPS = {"logits": 0, "features": 1, "probs": 0}
+# "probs": softmax(logits / RCA_PROB_TEMPERATURE), KD's usual softening (the embedded default's
+# distill.t_kd); the relations then weigh the classes a sample is near, not the logits' scale.
+RCA_PROB_TEMPERATURE = 4.0
 
 
 def rca_representations(rep: str, teacher_out, student_out_t) -> tuple[Array, Array]:
-    """The teacher's and the student's ``[B, D]`` representations RCA compares: their logits
-    or penultimate features (``rep``), the student's averaged over time (``time_mean``)."""
+    """The teacher's and the student's ``[B, D]`` representations RCA compares: their logits,
+    penultimate features or temperature-scaled probabilities (``rep``), the student's logits
+    or features averaged over time first (``time_mean``)."""
     i = RCA_REPS[rep]
-    return teacher_out[i], time_mean(student_out_t[i])
+    r_t, r_s = teacher_out[i], time_mean(student_out_t[i])
+    if rep == "probs":
+        soft = lambda z: jax.nn.softmax(_upcast(z) / RCA_PROB_TEMPERATURE, axis=-1)
+        r_t, r_s = soft(r_t), soft(r_s)
+    return r_t, r_s
+
+
+def rca_loss(rep: str, teacher_out, student_out_t) -> Array:
+    """D_rel on ``rca_representations``. Probability rows are never faint (norm >=
+    1/sqrt(K)), so they take the exact gradient; logits and features the floored one."""
+    r_t, r_s = rca_representations(rep, teacher_out, student_out_t)
+    return relational_discrepancy(r_t, r_s, grad_floor=0.0 if rep == "probs" else RCA_GRAD_FLOOR)
 
 
 # The row normalisation's gradient is (I - u u^T) / ||r|| (u = r / ||r||): it grows without

@@ -255,10 +255,7 @@ def _student_terms(x, t_logits, t_feats, student_vars, *, student, cfg):
         "student_logit_std": jnp.mean(jnp.std(s_logits, axis=0)),
     }
     if cfg.l_rca:
-        rep_t, rep_s = losses.rca_representations(
-            cfg.rca_rep, (t_logits, t_feats), (s_logits_t, s_feats_t)
-        )
-        terms["rca"] = losses.relational_discrepancy(rep_t, rep_s)
+        terms["rca"] = losses.rca_loss(cfg.rca_rep, (t_logits, t_feats), (s_logits_t, s_feats_t))
         weights["rca"] = cfg.l_rca * cfg.rca_sign
     return terms, weights, extra
 

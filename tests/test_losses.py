@@ -451,3 +451,22 @@ def test_affine_tar_is_zero_on_the_teachers_gaussian_and_ignores_dead_channels()
     dead_moved = z.at[:, 2].add(5.0)
     again = float(L.tar_loss_affine([dead_moved], [mu], [var], [gamma], [beta], temperature=0.25))
     assert again == pytest.approx(at_teacher, rel=1e-6)
+
+
+def test_rca_on_probabilities_is_softmax_at_its_temperature_with_the_exact_gradient():
+    """rep 'probs': D_rel of softmax(logits / 4) (the student's logits averaged over time
+    first), its gradient the exact one; a per-sample shift of the logits leaves it unchanged
+    (softmax is shift-invariant) while it moves RCA on the logits themselves."""
+    rng = np.random.default_rng(3)
+    t_logits = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+    s_logits_t = jnp.asarray(rng.normal(size=(2, 6, 5)), jnp.float32)  # [T, B, K]
+    feats = jnp.zeros((6, 3))
+    got = lambda s: L.rca_loss("probs", (t_logits, feats), (s, jnp.zeros((2, 6, 3))))
+    soft = lambda z: jax.nn.softmax(z / L.RCA_PROB_TEMPERATURE, axis=-1)
+    want = lambda s: L.relational_discrepancy(soft(t_logits), soft(s.mean(0)), grad_floor=0.0)
+    np.testing.assert_allclose(got(s_logits_t), want(s_logits_t), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(got)(s_logits_t), jax.grad(want)(s_logits_t), rtol=1e-5)
+    shifted = s_logits_t + jnp.asarray(rng.normal(size=(1, 6, 1)) * 3, jnp.float32)
+    np.testing.assert_allclose(got(shifted), got(s_logits_t), rtol=1e-5)
+    on_logits = lambda s: L.rca_loss("logits", (t_logits, feats), (s, jnp.zeros((2, 6, 3))))
+    assert abs(float(on_logits(shifted)) - float(on_logits(s_logits_t))) > 1e-3
