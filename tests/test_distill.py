@@ -4,6 +4,7 @@ KD steps, and the KD step with RCA on a faint student."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs.default import get_config
 from stars_jax.bank import init_bank
@@ -165,3 +166,26 @@ def test_round_logs_the_terms_gradient_ratios_as_strength_measures_them(nets):
     assert got.keys() == want.keys() and {"bn", "rca", "tar"} <= got.keys()
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, err_msg=k)
+
+
+def test_per_time_step_kd_composes_with_rca_in_kd(nets):
+    """TET-style KD (every time step) with STARS's RCA in KD: the loss is KD + b_rca RCA, the
+    KD part is the per-time-step one (it differs from KD on the time mean), and RCA, which
+    compares time-averaged outputs, is the same either way."""
+    from stars_jax.distill import kd_step
+
+    teacher, tv, student, _ = nets
+    opt = make_optimizer(get_config().distill)
+    st = init_train_state(student, opt, jax.random.key(50), SHAPE, 10)
+    images = jax.random.randint(jax.random.key(51), (8, *SHAPE), 0, 256).astype(jnp.uint8)
+    out = {}
+    for per_t in (False, True):
+        ctx = KDContext(
+            teacher, student, opt, MEAN, STD, lr=1e-3, b_rca=0.5, per_time_step=per_t, num_classes=K
+        )
+        _, m = jax.jit(lambda s, c=ctx: kd_step(c, s, tv, images, jax.random.key(52)))(st)
+        out[per_t] = {k: float(v) for k, v in m.items()}
+    for m in out.values():
+        assert m["kd/loss"] == pytest.approx(m["kd/kd"] + 0.5 * m["kd/rca"], rel=1e-6)
+    assert out[True]["kd/rca"] == pytest.approx(out[False]["kd/rca"], rel=1e-6)
+    assert abs(out[True]["kd/kd"] - out[False]["kd/kd"]) > 1e-6 * abs(out[False]["kd/kd"])
