@@ -20,6 +20,8 @@ assignment; PyTorch's allocator peak during the step).
   python benchmarks/bench_steps.py                       # reference setting, on the GPU
   python benchmarks/bench_steps.py --tables round        # the round table
   python benchmarks/bench_steps.py --tiny --steps 3      # seconds on a CPU (what CI runs)
+  python benchmarks/bench_steps.py --setting cifar10_cpu --jax_dtypes float32 \
+      --torch_modes eager-fp32                            # a CPU setup's shapes (RESULTS.md)
   python benchmarks/bench_steps.py --profile DIR         # traces + per-kernel table instead
 
 Prints the tables and, with ``--out``, writes the rows as JSON.
@@ -71,12 +73,39 @@ PEAKS = {
     "A100": (312e12, 156e12),
 }
 MEAN, STD = NORMALIZATION["cifar10"]
+
+
+def _norm(s) -> tuple:
+    """The setting's input normalisation: Fashion-MNIST's for grey images, else CIFAR-10's."""
+    return NORMALIZATION["fashion_mnist"] if s.get("channels", 3) == 1 else (MEAN, STD)
+
+
 NUM_CLASSES = 10
 TABLES = ("steps", "round")
 
 
-def _setting(tiny: bool):
-    if tiny:
+# The CPU setups' shapes (configs/default.py and configs/cifar10_cpu.py): teacher, spiking
+# student, T, batch (synthesis and KD), image size and channels.
+CPU_SETTINGS = {
+    "default_cpu": dict(  # Fashion-MNIST: resnet_small teacher -> spiking resnet_small
+        t_stages=(1, 1), t_widths=(16, 32), s_stages=(1, 1), widths=(16, 32),
+        batch=64, T=2, size=28, channels=1,
+    ),
+    "cifar10_cpu": dict(  # CIFAR-10: resnet14 teacher -> spiking resnet_small
+        t_stages=(2, 2, 2), t_widths=(16, 32, 64), s_stages=(1, 1), widths=(16, 32),
+        batch=64, T=2, size=32, channels=3,
+    ),
+}  # fmt: skip
+SETTINGS = ("reference", "tiny", *CPU_SETTINGS)
+
+
+def _setting(tiny: bool | str):
+    """A setting by name (``SETTINGS``; True: ``tiny``, False: ``reference``). ``widths`` are
+    the student's, and the teacher's unless ``t_widths`` is given; ``channels`` default 3."""
+    name = {True: "tiny", False: "reference"}.get(tiny, tiny)
+    if name in CPU_SETTINGS:
+        return dict(CPU_SETTINGS[name])
+    if name == "tiny":
         generator = dict(generator_width=8, latent_dim=16, embed_dim=16, bank_size=64)
         generator.update(negatives=16, head_dim=16)  # generator methods' round
         return dict(
@@ -133,7 +162,8 @@ def _xla_flops(compiled):
 
 
 def _models(s, dtype):
-    teacher = ResNet(stage_sizes=s["t_stages"], widths=s["widths"], dtype=dtype)
+    t_widths = s.get("t_widths", s["widths"])
+    teacher = ResNet(stage_sizes=s["t_stages"], widths=t_widths, dtype=dtype)
     student = SpikingResNet(
         stage_sizes=s["s_stages"], widths=s["widths"], time_steps=s["T"], dtype=dtype
     )
@@ -161,7 +191,7 @@ def _synth_cfg(s, method: str = "deepinversion"):
 def _jax_setup(s, dtype_name: str, method: str = "deepinversion"):
     """Models, variables, student state, synthesizer and KD context at setting ``s``."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
-    shape = (s["size"], s["size"], 3)
+    shape = (s["size"], s["size"], s.get("channels", 3))
     teacher, student = _models(s, dtype)
     tv = teacher.init(jax.random.key(0), jnp.zeros((2, *shape)))
     cfg = base_config()
@@ -170,8 +200,9 @@ def _jax_setup(s, dtype_name: str, method: str = "deepinversion"):
     opt = make_optimizer(cfg.distill)
     st = init_train_state(student, opt, jax.random.key(1), shape, 1000)
     syn_cfg = _synth_cfg(s, method)
-    syn = make_synthesizer(syn_cfg, teacher, student, shape, NUM_CLASSES, MEAN, STD)
-    ctx = KDContext(teacher, student, opt, MEAN, STD, dtype=dtype, lr=0.1)
+    mean, std = _norm(s)
+    syn = make_synthesizer(syn_cfg, teacher, student, shape, NUM_CLASSES, mean, std)
+    ctx = KDContext(teacher, student, opt, mean, std, dtype=dtype, lr=0.1)
     return SimpleNamespace(shape=shape, tv=tv, st=st, syn_cfg=syn_cfg, syn=syn, ctx=ctx)
 
 
@@ -197,7 +228,7 @@ def jax_cases(s, dtype_name: str):
 def analytic_flops(s, r: dict | None) -> dict[str, int]:
     """FLOPs of each benchmarked step (``benchmarks/flops.py``), and of the round if ``r``."""
     teacher, student = _models(s, jnp.float32)
-    shape = (s["size"], s["size"], 3)
+    shape = (s["size"], s["size"], s.get("channels", 3))
     out = {
         "synthesis": flops.synthesis_step_flops(
             _synth_cfg(s), teacher, student, shape, NUM_CLASSES
@@ -493,6 +524,7 @@ def report(rows: list[dict], flops_by_step: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny models and batch (CPU check)")
+    p.add_argument("--setting", default="", choices=("", *SETTINGS), help="a named setting")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--jax_dtypes", default="float32,bfloat16")
@@ -525,7 +557,7 @@ def main(argv=None):
     p.add_argument("--profile_steps", type=int, default=5)
     p.add_argument("--top", type=int, default=25, help="kernels in each profile table")
     args = p.parse_args(argv)
-    s = _setting(args.tiny)
+    s = _setting(args.setting or args.tiny)
     dtypes = list(filter(None, args.jax_dtypes.split(",")))
     if args.profile:
         profile_jax(s, dtypes, args.profile, args.profile_steps, args.top)
@@ -540,7 +572,7 @@ def main(argv=None):
     )
     flops_by_step = analytic_flops(s, r if "round" in tables else None)
     spec = dict(setting=s, tables=tables, steps=args.steps, warmup=args.warmup, round=r)
-    spec["norm"] = (MEAN, STD)
+    spec["norm"] = _norm(s)
     if args.round_method != "deepinversion":  # the PyTorch round is DeepInversion's
         spec["tables"] = [t for t in tables if t != "round"]
     rows = []

@@ -351,7 +351,7 @@ def _norm(mean, std, dev):
 def _cases(spec, nets, dev, fmt, compile_fn):
     """``[(name, fn, set_phase, steps, warmup, images)]`` the spec asks for."""
     s, (teacher, student, bn) = spec["setting"], nets
-    shape = (3, s["size"], s["size"])
+    shape = (s.get("channels", 3), s["size"], s["size"])
     norm, bounds = _norm(*spec["norm"], dev)
     x = torch.randn(s["batch"], *shape, device=dev).contiguous(memory_format=fmt)
     x.requires_grad_()
@@ -385,8 +385,9 @@ def run_mode(spec: dict) -> list[dict]:
     _configure(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     factory, backend = make_neuron(s["T"])
-    teacher = ResNet(s["t_stages"], s["widths"]).to(dev, memory_format=fmt)
-    student = ResNet(s["s_stages"], s["widths"], spiking_neuron=factory, T=s["T"])
+    in_ch, t_widths = s.get("channels", 3), s.get("t_widths", s["widths"])
+    teacher = ResNet(s["t_stages"], t_widths, in_ch=in_ch).to(dev, memory_format=fmt)
+    student = ResNet(s["s_stages"], s["widths"], in_ch=in_ch, spiking_neuron=factory, T=s["T"])
     student = student.to(dev, memory_format=fmt)
     nets = (teacher, student, BNStats(teacher))
     compile_fn = torch.compile if compiled else (lambda f: f)
