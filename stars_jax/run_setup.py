@@ -150,14 +150,7 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
     )
     image_shape = tuple(teacher.meta["input_shape"])
     lif = lif_params(config.neuron)
-    student_cfg = config.student
-    student = make_student(
-        student_cfg.arch,
-        config.data.num_classes,
-        student_cfg.time_steps,
-        lif,
-        compute_dtype(student_cfg.dtype),
-    )
+    student = _student(config, lif)
     ctx = _kd_context(config, teacher_model, student, norm, batch_sh)
     root = jax.random.key(config.seed)
     k_student, k_synth, k_loop = (jax.random.fold_in(root, i) for i in range(3))
@@ -179,13 +172,7 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
     else:  # KD on real images or a transfer set: the bank holds them; nothing is synthesised.
         bank = _real_bank(_fixed_images(config, teacher.meta), mesh)
     steps, base_steps = _round_steps(config, ctx, synthesizer, synthesizer_for, warmup_rounds)
-    steps_for, tar_off_steps = None, None
-    if synthesizer is not None:
-        calibration.check(config.synth, warmup_rounds)
-        batch = config.distill.batch_size
-        steps_for = lambda cfg: make_round_steps(synthesizer_for(cfg), ctx, batch, cfg)
-        if config.synth.tar_stop_round:
-            tar_off_steps = steps_for(without_tar(config.synth))
+    steps_for, tar_off_steps = _variant_steps(config, ctx, synthesizer_for, warmup_rounds)
     job = Job(
         config=config,
         workdir=workdir,
@@ -211,6 +198,13 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
         k_loop=k_loop,
     )
     return job, restore(job, Carry(state, synth_state, _place_bank(bank, mesh)))
+
+
+def _student(config, lif):
+    """The spiking student's Flax module (``config.student``)."""
+    s = config.student
+    dtype = compute_dtype(s.dtype)
+    return make_student(s.arch, config.data.num_classes, s.time_steps, lif, dtype)
 
 
 def _check_batches(config, mesh) -> None:
@@ -338,6 +332,19 @@ def _place_bank(bank: Bank, mesh) -> Bank:
         *parallel.put((bank.images, bank.labels, bank.preds), sharded),
         *parallel.put((bank.count, bank.cursor), rep),
     )
+
+
+def _variant_steps(config, ctx: KDContext, synthesizer_for, warmup_rounds: int):
+    """``(steps_for, tar_off_steps)`` of a data-free run: round steps for another synth config
+    (ratio weights rebuild the steps with the calibrated weights) and those from
+    ``synth.tar_stop_round`` on (None without a stop); ``(None, None)`` without synthesis."""
+    if config.distill.mode != "data_free":
+        return None, None
+    calibration.check(config.synth, warmup_rounds)
+    batch = config.distill.batch_size
+    steps_for = lambda cfg: make_round_steps(synthesizer_for(cfg), ctx, batch, cfg)
+    tar_off = steps_for(without_tar(config.synth)) if config.synth.tar_stop_round else None
+    return steps_for, tar_off
 
 
 def without_tar(synth_cfg):

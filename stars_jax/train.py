@@ -154,17 +154,7 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     evaluation, image grid, log line and checkpoint. ``p`` is updated in place."""
     distill_cfg = job.config.distill
     _announce(job, p)
-    evaluator = student_evaluator(
-        job.student, job.norm, job.mesh, job.test, job.config.data.eval_batch_size
-    )
-
-    def evaluate_student() -> dict:  # the student, and its weight average beside it
-        result = evaluator(p.carry.student.variables)
-        if p.carry.student.ema is not None:
-            ema = evaluator(p.carry.student.ema)
-            result["ema"] = {k: ema[k] for k in ("top1", "n", "rate_mean")}
-        return result
-
+    evaluate_student = _student_evaluation(job, p)
     # The student's evaluation time is guessed from the teacher's until one is timed.
     tracker = budget.Tracker(job.teacher_eval_s * job.config.student.time_steps, parallel.agree)
     state = run_state.load(job.manager.directory, p.last_ckpt)  # what earlier segments kept
@@ -213,6 +203,23 @@ def _run_rounds(job: Job, p: Progress, writer: metrics_lib.Writer, elapsed) -> R
     if not result:  # Resumed after the last round: evaluate the restored student.
         result = evaluate_student()
     return _record(job, r, result, health, tracker, elapsed())
+
+
+def _student_evaluation(job: Job, p: Progress):
+    """``evaluate() -> dict``: the current student on the test split, and its weight average
+    beside it (``"ema"``) when ``distill.ema_decay`` keeps one."""
+    evaluator = student_evaluator(
+        job.student, job.norm, job.mesh, job.test, job.config.data.eval_batch_size
+    )
+
+    def evaluate() -> dict:
+        result = evaluator(p.carry.student.variables)
+        if p.carry.student.ema is not None:
+            ema = evaluator(p.carry.student.ema)
+            result["ema"] = {k: ema[k] for k in ("top1", "n", "rate_mean")}
+        return result
+
+    return evaluate
 
 
 def _calibrates(job: Job, r: int, state) -> bool:
