@@ -39,7 +39,7 @@ def get_config(arg=None):
     set_all_methods(c, generator_width=32, warmup_rounds=5)
     c.distill.lr = 1e-2
     c.distill.crop_pad, c.distill.flip = 2, True
-    c.distill.rounds = 130  # including synth.<method>.warmup_rounds
-    c.distill.eval_every = 25
+    c.distill.rounds = 110  # including synth.<method>.warmup_rounds
+    c.distill.eval_every = 22
     c.distill.time_budget_s = 1800.0
     return c
