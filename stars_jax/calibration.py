@@ -24,13 +24,15 @@ import jax
 import ml_collections
 
 from stars_jax import strength
-from stars_jax.apply import normalize
 from stars_jax.bank import bank_sample
+from stars_jax.distill import bank_tar_reference, batch_grad_ratios
 from stars_jax.errors import ConfigError
-from stars_jax.objective import tar_reference
-from stars_jax.parallel import constrain
 
 WEIGHTINGS = ("raw", "ratio")
+_NO_BN = (
+    "synth.stars_weights='ratio' measures STARS's terms against the BN term, but its weight "
+    "synth.a_bn is 0: give it a weight, or use --config.synth.stars_weights=raw."
+)
 
 
 def first_stars_round(synth_cfg, warmup_rounds: int) -> int:
@@ -39,8 +41,12 @@ def first_stars_round(synth_cfg, warmup_rounds: int) -> int:
 
 
 def check(synth_cfg, warmup_rounds: int) -> None:
-    """Ratio weights need a kept batch before STARS starts."""
-    if synth_cfg.stars_weights == "ratio" and first_stars_round(synth_cfg, warmup_rounds) < 1:
+    """Ratio weights need a kept batch before STARS starts and a BN term to measure against."""
+    if synth_cfg.stars_weights != "ratio":
+        return
+    if float(synth_cfg.a_bn) == 0.0:
+        raise ConfigError(_NO_BN)
+    if first_stars_round(synth_cfg, warmup_rounds) < 1:
         raise ConfigError(
             "synth.stars_weights='ratio' calibrates on the images kept before STARS starts, "
             "but STARS acts from round 0: give a warm-up (--config.synth.<method>."
@@ -49,28 +55,18 @@ def check(synth_cfg, warmup_rounds: int) -> None:
 
 
 def unit_ratios(ctx, synth_cfg, teacher_vars, student_vars, bank, key) -> dict:
-    """``{term: ratio}`` of the BN term and STARS's terms at unit weight (``strength``) on a
-    synthesis-sized batch drawn from ``bank``. Pure; ``ctx``: the run's ``KDContext``."""
+    """``{term: ratio}`` of the BN term and STARS's terms at unit weight on a synthesis-sized
+    batch drawn from ``bank`` (``distill.batch_grad_ratios``; percentile TAR's reference from
+    another bank batch, as a round draws it). Pure; ``ctx``: the run's ``KDContext``."""
     k_sample, k_ref = jax.random.split(key)
     images, labels = bank_sample(bank, k_sample, synth_cfg.batch_size)
-    x = normalize(constrain(images, ctx.batch_sharding), ctx.mean, ctx.std)
     tar_ref = None
-    if synth_cfg.tar_thresholds == "percentile":  # its reference: another batch of the bank
-        ref_images, _ = bank_sample(bank, k_ref, synth_cfg.batch_size)
-        x_ref = normalize(constrain(ref_images, ctx.batch_sharding), ctx.mean, ctx.std)
-        tar_ref = tar_reference(x_ref, teacher_vars, teacher=ctx.teacher, cfg=synth_cfg)
-    grads = strength.term_gradients(
-        x,
-        labels,
-        teacher_vars,
-        student_vars,
-        teacher=ctx.teacher,
-        student=ctx.student,
-        cfg=synth_cfg,
-        tar_ref=tar_ref,
-        weights=strength.unit_stars_weights(synth_cfg),
+    if synth_cfg.tar_thresholds == "percentile":
+        tar_ref = bank_tar_reference(ctx, synth_cfg, teacher_vars, bank, k_ref)
+    weights = strength.unit_stars_weights(synth_cfg)
+    return batch_grad_ratios(
+        ctx, synth_cfg, teacher_vars, student_vars, images, labels, tar_ref, weights
     )
-    return strength.gradient_ratios(grads)
 
 
 def calibrate(ctx, synth_cfg, teacher_vars, student_vars, bank, key) -> dict:
@@ -79,6 +75,8 @@ def calibrate(ctx, synth_cfg, teacher_vars, student_vars, bank, key) -> dict:
     ratios = jax.jit(functools.partial(unit_ratios, ctx, synth_cfg))(
         teacher_vars, student_vars, bank, key
     )
+    if not ratios:  # the BN term is the yardstick
+        raise ConfigError(_NO_BN)
     scales = strength.ratio_scales(ratios, synth_cfg)
     return {
         "l_rca": float(synth_cfg.l_rca) * float(scales["rca"]),

@@ -238,12 +238,12 @@ def bank_tar_reference(ctx: KDContext, synth_cfg, teacher_vars, bank: Bank, key)
     return tar_reference(x, teacher_vars, teacher=ctx.teacher, cfg=synth_cfg, ready=bank.count > 0)
 
 
-def synthesis_grad_ratios(
-    ctx: KDContext, synth_cfg, teacher_vars, student_vars, images_u8, labels, tar_ref
+def batch_grad_ratios(
+    ctx: KDContext, synth_cfg, teacher_vars, student_vars, images_u8, labels, tar_ref, weights=None
 ) -> dict:
-    """How strongly each synthesis term acts on the round's kept batch: ``synth/grad_ratio/
-    <term>``, the norm of the weighted term's gradient on the (normalised, unaugmented)
-    images over the BN term's (``strength``; terms at weight 0 are left out)."""
+    """``{term: ratio}``: the norm of each weighted synthesis term's gradient on a uint8 batch
+    (normalised, unaugmented) over the BN term's (``strength``; at the config's weights unless
+    ``weights``; terms at weight 0 left out); {} without a BN term to measure against."""
     x = normalize(constrain(images_u8, ctx.batch_sharding), ctx.mean, ctx.std)
     grads = strength.term_gradients(
         x,
@@ -254,10 +254,20 @@ def synthesis_grad_ratios(
         student=ctx.student,
         cfg=synth_cfg,
         tar_ref=tar_ref,
+        weights=weights,
     )
-    if "bn" not in grads:  # no BN term to measure against
-        return {}
-    return {f"synth/grad_ratio/{k}": v for k, v in strength.gradient_ratios(grads).items()}
+    return strength.gradient_ratios(grads) if "bn" in grads else {}
+
+
+def synthesis_grad_ratios(
+    ctx: KDContext, synth_cfg, teacher_vars, student_vars, images_u8, labels, tar_ref
+) -> dict:
+    """How strongly each synthesis term acts on the round's kept batch: ``synth/grad_ratio/
+    <term>`` (``batch_grad_ratios`` at the config's weights)."""
+    ratios = batch_grad_ratios(
+        ctx, synth_cfg, teacher_vars, student_vars, images_u8, labels, tar_ref
+    )
+    return {f"synth/grad_ratio/{k}": v for k, v in ratios.items()}
 
 
 class RoundSteps(NamedTuple):

@@ -1,6 +1,7 @@
 """Ratio weights (stars_jax.calibration): the calibrated raw weights make STARS's terms act at
-the asked ratios on the calibration batch, a run without a kept batch before STARS is refused,
-and a run calibrates once, says so and keeps the weights across a resume."""
+the asked ratios on the calibration batch, a run without a kept batch before STARS or without a
+BN term to measure against is refused, and a run calibrates once, says so and keeps the weights
+across a resume."""
 
 import json
 
@@ -52,6 +53,8 @@ def test_ratio_weights_need_a_kept_batch_before_stars():
         calibration.check(cfg, warmup_rounds=0)
     calibration.check(cfg, warmup_rounds=1)
     calibration.check(_cfg(stars_weights="raw"), warmup_rounds=0)
+    with pytest.raises(errors.ConfigError, match="a_bn is 0"):
+        calibration.check(_cfg(stars_weights="ratio", a_bn=0.0), warmup_rounds=1)
 
 
 def test_a_run_calibrates_once_and_a_resume_keeps_the_weights(tmp_path, capsys):
