@@ -88,8 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     # "percentile": per-channel Phi(k) quantiles of the teacher's BN inputs on a batch drawn
     # from the memory bank each round (objective.tar_reference), targets from that batch.
     c.synth.tar_thresholds = "gaussian"
-    # First round (counting the warm-up) in which the STARS terms act, distill.b_rca included;
-    # the rounds between the warm-up and it run the baseline. 0: right after the warm-up.
+    # First round (counting the warm-up) in which the STARS terms act, distill.b_rca and b_tar
+    # included; the rounds between the warm-up and it run the baseline. 0: after the warm-up.
     c.synth.stars_start_round = 0
     # First round from which TAR is off again (STARS's other terms go on): TAR early, then off.
     # 0: never; else it must come after stars_start_round.
@@ -120,6 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.per_time_step = False  # TET-style KD on every time step.
     c.distill.b_rca = 1.0  # RCA in the student's KD loss (STARS).
     c.distill.rca_rep = "logits"
+    # TAR on the student's side: each LIF layer's per-channel firing rate matched to the
+    # fraction of the teacher's ReLU inputs above 0 at the same module path (stars_jax.
+    # student_tar; built-in ResNet teachers and spiking ResNet students). 0: off.
+    c.distill.b_tar = 0.0
     c.distill.bank_size = 10240  # Images kept in the device memory bank (ring buffer).
     c.distill.crop_pad = 2  # Random crop padding in pixels (and horizontal flip).
     c.distill.flip = False  # Horizontal flips; off for Fashion-MNIST-like data.
@@ -219,6 +223,11 @@ FAST_TEACHER_WEIGHTS = {
     "wrn40_2": (10.0, 0.4, 1.1),
     "vgg11": (10.0, 0.5, 1.0),
 }
+
+
+def stars_terms_on(c: ml_collections.ConfigDict) -> bool:
+    """Whether any STARS term has a weight (all at 0: the baseline)."""
+    return bool(c.synth.l_rca or c.synth.l_tar or c.distill.b_rca or c.distill.b_tar)
 
 
 def set_fast_weights(c: ml_collections.ConfigDict, teacher: str | None) -> None:

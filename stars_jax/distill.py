@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stars_jax import losses, strength
+from stars_jax import losses, strength, student_tar
 from stars_jax.apply import normalize
 from stars_jax.bank import Bank, bank_add, bank_sample, random_crop_flip
 from stars_jax.diagnostics import batch_health, class_entropy
+from stars_jax.models.students import CHANNEL_RATES
 from stars_jax.neurons import RESETS, LIFParams
 from stars_jax.objective import TarReference, tar_reference
 from stars_jax.parallel import constrain
@@ -148,6 +149,7 @@ class KDContext:
     per_time_step: bool = False
     b_rca: float = 0.0
     rca_rep: str = "logits"
+    b_tar: float = 0.0  # TAR on the student's side (``student_tar``).
     crop_pad: int = 0
     flip: bool = False
     dtype: Any = jnp.float32
@@ -175,15 +177,28 @@ def advanced(state: TrainState, params, batch_stats, opt_state) -> TrainState:
     )
 
 
+def _teacher_kd(ctx: KDContext, teacher_vars, x):
+    """The teacher's (logits, features) on a KD batch, constant, and where its units fire
+    (``student_tar``; only when ``b_tar`` asks)."""
+    firing = None
+    if ctx.b_tar:
+        out, inter = ctx.teacher.apply(teacher_vars, x, mutable=["intermediates"])
+        firing = student_tar.teacher_firing(inter["intermediates"])
+    else:
+        out = ctx.teacher.apply(teacher_vars, x)
+    return jax.lax.stop_gradient((out, firing))
+
+
 def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
     """One student update on ``L_KD`` for a uint8 batch ``[B, H, W, C]``."""
     x = train_view(images_u8, key, ctx.crop_pad, ctx.flip, ctx.mean, ctx.std)
-    t_logits, t_feats = ctx.teacher.apply(teacher_vars, x)
-    t_logits, t_feats = jax.lax.stop_gradient((t_logits, t_feats))
+    (t_logits, t_feats), t_firing = _teacher_kd(ctx, teacher_vars, x)
 
     def loss_fn(params):
-        (s_logits_t, s_feats_t), batch_stats = apply_train(
-            ctx.student, params, state.batch_stats, x.astype(ctx.dtype)
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        collections = ["batch_stats"] + ([CHANNEL_RATES] if ctx.b_tar else [])
+        (s_logits_t, s_feats_t), new_vars = ctx.student.apply(
+            variables, x.astype(ctx.dtype), train=True, mutable=collections
         )
         kd = losses.kd_loss(t_logits, s_logits_t, ctx.t_kd, ctx.per_time_step)
         metrics = {"kd/kd": kd}
@@ -193,6 +208,11 @@ def kd_step(ctx: KDContext, state: TrainState, teacher_vars, images_u8, key):
                 ctx.rca_rep, (t_logits, t_feats), (s_logits_t, s_feats_t)
             )
             total = total + ctx.b_rca * metrics["kd/rca"]
+        if ctx.b_tar:
+            rates = student_tar.student_rates(new_vars[CHANNEL_RATES])
+            metrics["kd/tar"] = student_tar.loss(t_firing, rates)
+            total = total + ctx.b_tar * metrics["kd/tar"]
+        batch_stats = new_vars["batch_stats"]
         metrics["kd/loss"] = total
         agree = jnp.argmax(losses.time_mean(s_logits_t), -1) == jnp.argmax(t_logits, -1)
         metrics["kd/agreement"] = jnp.mean(agree)

@@ -12,6 +12,7 @@ import numpy as np
 
 from stars_jax import energy, parallel
 from stars_jax import metrics as metrics_lib
+from stars_jax.config import stars_terms_on
 from stars_jax.model_dir import save_model_dir
 from stars_jax.paths import is_remote
 
@@ -110,7 +111,7 @@ def run_summary(config, record: RunRecord) -> dict:
         },
         "mode": config.distill.mode,
         "method": config.synth.method,
-        "stars": bool(config.synth.l_rca or config.synth.l_tar or config.distill.b_rca),
+        "stars": bool(stars_terms_on(config)),
         "seed": config.seed,
         "rounds": record.rounds,
         "kd_steps": max(record.rounds - record.warmup_rounds, 0) * config.distill.kd_steps,

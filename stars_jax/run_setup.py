@@ -19,11 +19,12 @@ import jax
 import numpy as np
 
 import stars_jax
-from stars_jax import calibration, checkpoint, diagnostics, errors, parallel
+from stars_jax import calibration, checkpoint, diagnostics, errors, parallel, student_tar
 from stars_jax import data as data_lib
 from stars_jax.accuracy import make_evaluator
 from stars_jax.apply import check_dataset, logits_fn
 from stars_jax.bank import Bank, init_bank
+from stars_jax.config import stars_terms_on
 from stars_jax.data_checks import teacher_accuracy_warning
 from stars_jax.distill import (
     Carry,
@@ -159,6 +160,7 @@ def setup(config, workdir: Path) -> tuple[Job, Progress]:
         student, ctx.optimizer, k_student, image_shape, ema=bool(config.distill.ema_decay)
     )
     state = parallel.put(fresh, rep)
+    _check_student_tar(config, teacher_model, teacher_vars, student, fresh, image_shape)
     synthesizer_for = lambda cfg: make_synthesizer(
         cfg, teacher_model, student, image_shape, config.data.num_classes, *norm, batch_sh
     )
@@ -239,6 +241,19 @@ def _teacher(config, test, mesh):
     return teacher, model, teacher_vars, norm, top1, time.time() - t_eval
 
 
+def _check_student_tar(config, teacher_model, teacher_vars, student, state, image_shape):
+    """With ``distill.b_tar``, the layers it pairs (said once), or a ConfigError if none."""
+    if not config.distill.b_tar:
+        return
+    x = jax.ShapeDtypeStruct((2, *image_shape), np.float32)
+    names = student_tar.check_pairs(teacher_model, teacher_vars, student, state.variables, x)
+    print(
+        f"Student-side TAR (distill.b_tar={config.distill.b_tar:g}) pairs {len(names)} "
+        f"layers: {', '.join(names)}",
+        flush=True,
+    )
+
+
 def _kd_context(config, teacher_model, student, norm, batch_sharding) -> KDContext:
     distill_cfg = config.distill
     return KDContext(
@@ -250,6 +265,7 @@ def _kd_context(config, teacher_model, student, norm, batch_sharding) -> KDConte
         t_kd=distill_cfg.t_kd,
         per_time_step=distill_cfg.per_time_step,
         b_rca=distill_cfg.b_rca,
+        b_tar=distill_cfg.b_tar,
         rca_rep=distill_cfg.rca_rep,
         crop_pad=distill_cfg.crop_pad,
         flip=distill_cfg.flip,
@@ -359,7 +375,7 @@ def _round_steps(config, ctx: KDContext, synthesizer, synthesizer_for, warmup_ro
     ``synth.stars_start_round`` (the same steps when STARS starts right after the warm-up)."""
     distill_cfg = config.distill
     steps = make_round_steps(synthesizer, ctx, distill_cfg.batch_size, config.synth)
-    stars_on = config.synth.l_rca or config.synth.l_tar or distill_cfg.b_rca
+    stars_on = stars_terms_on(config)
     if not (stars_on and config.synth.stars_start_round > warmup_rounds):
         return steps, steps
     base_synth = None
@@ -368,7 +384,7 @@ def _round_steps(config, ctx: KDContext, synthesizer, synthesizer_for, warmup_ro
         cfg.l_rca = cfg.l_tar = 0.0
         base_synth = synthesizer_for(cfg)
     return steps, make_round_steps(
-        base_synth, dataclasses.replace(ctx, b_rca=0.0), distill_cfg.batch_size
+        base_synth, dataclasses.replace(ctx, b_rca=0.0, b_tar=0.0), distill_cfg.batch_size
     )
 
 

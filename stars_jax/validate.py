@@ -196,6 +196,7 @@ def _rules() -> dict[str, Rule]:
         "distill.t_kd": positive,
         "distill.per_time_step": boolean,
         "distill.b_rca": non_negative,
+        "distill.b_tar": non_negative,
         "distill.rca_rep": one_of(*RCA_REPS),
         "distill.bank_size": count,
         "distill.crop_pad": non_negative_int,

@@ -25,7 +25,7 @@ def test_teacher_sows_every_bn_input(arch):
     assert logits.shape == (2, 7) and feats.ndim == 2
     bn_in = traverse_util.flatten_dict(state["intermediates"])
     stats = traverse_util.flatten_dict(variables["batch_stats"])
-    bn_paths = {k[:-1] for k in bn_in}
+    bn_paths = {k[:-1] for k in bn_in if k[-1] == BN_INPUT}
     assert bn_paths == {k[:-1] for k in stats} and len(bn_paths) == BN_COUNTS[arch]
     for path in bn_paths:  # The sown input has the BN's channel count.
         assert bn_in[path + (BN_INPUT,)][0].shape[-1] == stats[path + ("mean",)].shape[0]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 BN_INPUT = (
     "bn_input"  # Name under which every BatchNorm sows its input (collection "intermediates").
 )
+ACT_INPUT = "act_input"  # ... and every teacher ReLU its input (stars_jax.student_tar).
 
 
 class BatchNorm(nn.BatchNorm):
@@ -75,10 +76,20 @@ Activation = Callable[[str], Callable]
 neurons in the students, ReLU (no parameters, name unused) in the teachers."""
 
 
+class ReLU(nn.Module):
+    """ReLU that sows its input into ``intermediates``: where the teacher's units fire, which
+    the student-side TAR reads (``stars_jax.student_tar``). Named as the students' LIF layers
+    (``sn1``, ``sn2``), so teacher and student activations pair by module path."""
+
+    @nn.compact
+    def __call__(self, x):
+        self.sow("intermediates", ACT_INPUT, x)
+        return nn.relu(x)
+
+
 def relu(name: str) -> Callable:
     """The teachers' :data:`Activation`."""
-    del name
-    return nn.relu
+    return ReLU(name=name)
 
 
 # The residual bodies below create their layers in the caller's compact ``__call__``, so the

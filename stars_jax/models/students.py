@@ -7,8 +7,8 @@ blocks of B) and only the LIF state runs over time. The stem convolution and its
 same image at every step, so they run once on ``[B, ...]`` and are then tiled over T (in
 training mode BN's batch statistics of T identical copies equal those of one copy).
 
-Each LIF layer sows its mean firing rate into the ``firing_rates`` collection; see
-:func:`firing_rates`.
+Each LIF layer sows its mean firing rate into the ``firing_rates`` collection (see
+:func:`firing_rates`) and its per-channel rate into ``channel_rates`` (``stars_jax.student_tar``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from stars_jax.models.teachers import VGG11_GROUPS
 from stars_jax.neurons import LIFParams, lif
 
 RATE = "rate"
+CHANNEL_RATES = "channel_rates"  # Collection of each LIF layer's per-channel rate [C].
 
 
 class LIF(nn.Module):
@@ -54,6 +55,9 @@ class LIF(nn.Module):
             spikes, _ = lif(x_seq.astype(jnp.float32), self.params)
             spikes = spikes.astype(x.dtype)
         self.sow("firing_rates", RATE, jnp.mean(spikes.astype(jnp.float32)))
+        # Per channel, for the student-side TAR; a no-op unless the caller collects it.
+        over = tuple(range(spikes.ndim - 1))
+        self.sow(CHANNEL_RATES, RATE, jnp.mean(spikes.astype(jnp.float32), axis=over))
         return spikes.reshape(x.shape)
 
 

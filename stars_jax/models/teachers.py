@@ -6,7 +6,8 @@ Module names mirror the PyTorch state-dict keys with numeric indices joined by `
 ``block1/layer_0/bn1``), so converting a checkpoint is a tree mapping.
 
 Every model maps ``x [B, H, W, C]`` (normalised images) to ``(logits [B, K], features [B, F])``
-where ``features`` are the penultimate (pooled) activations; every BatchNorm sows its input.
+where ``features`` are the penultimate (pooled) activations; every BatchNorm sows its input,
+and the ResNets' ReLUs sow theirs under the names of the students' LIF layers.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = conv(self.widths[0], 3, dtype=self.dtype, name="conv1")(x.astype(self.dtype))
-        x = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
+        x = relu("sn1")(batch_norm(train, self.dtype, "bn1")(x))
         for i, (n, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
