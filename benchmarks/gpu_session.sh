@@ -19,6 +19,10 @@
 #   bash benchmarks/gpu_session.sh sweep 240 0-1 [sweep args]  # STARS vs baseline, paired
 #     over seeds 0-1 (stars_jax.sweep, 2 jobs at a time: ~9 min); --variant/--grid replace
 #     the default pair; rerun on the warm machine with more seeds and finished runs are kept
+#   bash benchmarks/gpu_session.sh confirm [200] [0-2]  # the pair in benchmarks/
+#     confirm_pair.txt (the CPU study's confirmed STARS and its baseline) on the CIFAR-10 GPU
+#     config (resnet34 -> spiking resnet18, T=4), paired over seeds 0-2, 3 jobs at a time:
+#     2 waves of 200 s plus start-up, inside one 10-minute command
 # bench, round and profile pass further arguments to bench_steps.py; TORCH_MODES,
 # JAX_DTYPES and TORCH_TIMEOUT override their defaults. Extra --config.x=... flags after the
 # seconds go to the job. A budget run's seconds count the whole job (teacher conversion
@@ -204,6 +208,16 @@ case "${1:-}" in
     cp $W/sweep/sweep.json $W/sweep/sweep.md "$OUT/" || true
     tar -czf "$OUT/sweep_runs.tar.gz" -C $W/sweep --exclude=checkpoints --exclude=student runs
     exit $rc
+    ;;
+  confirm)
+    secs=${2:-200}
+    seeds=${3:-0-2}
+    shift $(($# < 3 ? $# : 3))
+    variants=()
+    while read -r v; do variants+=(--variant "$v"); done < <(grep -v '^#' benchmarks/confirm_pair.txt | grep .)
+    [ ${#variants[@]} -eq 4 ] || { echo "confirm_pair.txt: need 2 variants" >&2; exit 2; }
+    MEM_FRACTION=${MEM_FRACTION:-0.3} PARALLEL=${PARALLEL:-3} \
+      bash "$0" sweep "$secs" "$seeds" "${variants[@]}" "$@"
     ;;
   *)
     sed -n "2,/^set -euo/p" "$0" | grep "^#" >&2
