@@ -2,7 +2,7 @@
 
   python benchmarks/plot_curves.py --sweep workdirs/sweep --out curves.png
   python benchmarks/plot_curves.py --run base=workdirs/a --run stars=workdirs/b --out c.png
-  python benchmarks/plot_curves.py --sweep workdirs/sweep --metric eval/val_top1 --band ci
+  python benchmarks/plot_curves.py --sweep workdirs/sweep --metric eval/ema_top1 --band ci
 
 A sweep (``stars_jax.sweep``) keeps its runs in ``SWEEP/runs/VARIANT/seedK``; each variant is
 drawn as the mean over its seeds at every KD step that all of them logged, with a band of
@@ -10,7 +10,10 @@ min-max (``--band range``, the default), one standard deviation (``sd``) or a 95
 interval of the mean (``ci``). ``--run NAME=WORKDIR`` adds a run by hand (repeat a NAME to
 give it several seeds). The x axis is the number of KD steps taken by the end of each logged
 round: ``kd/steps`` where the run logged it, else computed from its ``config.json``
-(synthesis-only warm-up rounds take none). Needs matplotlib (``pip install matplotlib``).
+(synthesis-only warm-up rounds take none). The y axis is ``eval/student_top1`` (or
+``eval/ema_top1``, the weight average's) on the run's ``data.test_split``: the validation part
+where a run set ``test_split=val``; runs log them in percent. Needs matplotlib
+(``pip install matplotlib``).
 """
 
 from __future__ import annotations
@@ -103,9 +106,9 @@ def plot(groups: dict[str, list[Path]], metric: str, band: str, out: Path, title
             print(f"{name}: no {metric} logged in {len(dirs)} run(s); skipped.", file=sys.stderr)
             continue
         steps, mean, low, high = summarise(curves, band)
-        (line,) = ax.plot(steps, 100 * mean, marker="o", ms=3, label=f"{name} (n={len(curves)})")
+        (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{name} (n={len(curves)})")
         if len(curves) > 1:
-            ax.fill_between(steps, 100 * low, 100 * high, color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
         drawn[name] = {"n": len(curves), "steps": steps.tolist(), "mean": mean.tolist()}
     if not drawn:
         raise ValueError(f"No run logged {metric!r}: nothing to draw.")
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
         print(f"plot_curves: {err}", file=sys.stderr)
         return 2
     for name, d in drawn.items():
-        final = f"{100 * d['mean'][-1]:.2f} % at {d['steps'][-1]} KD steps"
+        final = f"{d['mean'][-1]:.2f} % at {d['steps'][-1]} KD steps"
         print(f"{name}: n={d['n']}, final {args.metric} {final}")
     print(f"Wrote {args.out}")
     return 0

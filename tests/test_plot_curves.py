@@ -40,28 +40,30 @@ def test_kd_steps_from_config_both_layouts(tmp_path):
         assert plot_curves.read_curve(tmp_path / name, "eval/student_top1") == {20: 0.5, 40: 0.6}
 
 
-def test_sweep_mean_and_bands(tmp_path):
+def test_sweep_mean_and_bands(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    a = [{3: 0.40, 5: 0.50}, {3: 0.44, 5: 0.56}, {3: 0.42, 5: 0.59}]
+    a = [{3: 40.0, 5: 50.0}, {3: 44.0, 5: 56.0}, {3: 42.0, 5: 59.0}]  # percent, as runs log them
     for seed, curve in enumerate(a):
         _run(sweep / "runs" / "base" / f"seed{seed}", curve)
-    _run(sweep / "runs" / "stars" / "seed0", {3: 0.45, 5: 0.61})
+    _run(sweep / "runs" / "stars" / "seed0", {3: 45.0, 5: 61.0})
     groups = plot_curves.sweep_runs(sweep)
     assert [p.name for p in groups["base"]] == ["seed0", "seed1", "seed2"]
     curves = [plot_curves.read_curve(d, "eval/student_top1") for d in groups["base"]]
     steps, mean, low, high = plot_curves.summarise(curves, "range")
     np.testing.assert_allclose(steps, [20, 40])
-    np.testing.assert_allclose(mean, [0.42, (0.50 + 0.56 + 0.59) / 3])
-    np.testing.assert_allclose(low, [0.40, 0.50])
-    np.testing.assert_allclose(high, [0.44, 0.59])
+    np.testing.assert_allclose(mean, [42.0, (50.0 + 56.0 + 59.0) / 3])
+    np.testing.assert_allclose(low, [40.0, 50.0])
+    np.testing.assert_allclose(high, [44.0, 59.0])
     _, _, low, high = plot_curves.summarise(curves, "ci")
-    half = 0.02 / np.sqrt(3) * 4.302652729911275  # sd 0.02 at the first step; t(0.975, 2)
-    np.testing.assert_allclose([low[0], high[0]], [0.42 - half, 0.42 + half], rtol=1e-9)
+    half = 2.0 / np.sqrt(3) * 4.302652729911275  # sd 2 at the first step; t(0.975, 2)
+    np.testing.assert_allclose([low[0], high[0]], [42.0 - half, 42.0 + half], rtol=1e-9)
 
     out = tmp_path / "curves.png"
     assert plot_curves.main(["--sweep", str(sweep), "--out", str(out), "--band", "ci"]) == 0
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] > 300
+    printed = capsys.readouterr().out  # the values as logged (percent), not rescaled
+    assert "base: n=3, final eval/student_top1 55.00 % at 40 KD steps" in printed
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
